@@ -1,0 +1,395 @@
+"""Settings: parsed once from the environment, validated, immutable.
+
+This module is the only reader of ``os.environ``. :func:`load_settings` returns a frozen
+:class:`Settings`; a missing or bad value raises :class:`ConfigError` naming the variable and
+what it expected, and ``gateway serve`` prints that one line and exits 2.
+
+Every variable is listed in ``ENV_VARS`` (name, default, meaning), which README's
+configuration table mirrors (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed. ``str()`` is the user message."""
+
+    def __init__(self, variable: str, expected: str, got: str | None = None) -> None:
+        self.variable = variable
+        self.expected = expected
+        shown = "" if got is None else f" (got {got!r})"
+        super().__init__(f"configuration error: {variable} must be {expected}{shown}")
+
+
+class AgentMode(StrEnum):
+    ECHO = "echo"  # built-in: repeats the caller's transcript
+    PARROT = "parrot"  # plays the caller's audio back: audio-path test, no speech services
+    WEBHOOK = "webhook"  # the user's agent over HTTP (AGENT_WEBHOOK_URL)
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class BusyMode(StrEnum):
+    SAY = "say"  # <Say>message</Say><Hangup/>
+    REJECT = "reject"  # <Reject reason="busy"/>
+
+
+class HamsaAuthMode(StrEnum):
+    HEADER = "header"  # X-Api-Key header (default)
+    QUERY = "query"  # ?api_key= query parameter
+
+
+# (name, default, meaning). Defaults are strings exactly as a user would type them.
+ENV_VARS: tuple[tuple[str, str, str], ...] = (
+    ("HOST", "0.0.0.0", "address `gateway serve` listens on"),
+    ("PORT", "8080", "HTTP/WebSocket port"),
+    ("PUBLIC_URL", "", "public https base URL the carrier reaches (e.g. https://gw.example.com); "
+     "defaults to http://localhost:PORT"),
+    ("LOG_FORMAT", "text", "`text` (one line per event) or `json` (JSON lines)"),
+    ("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    ("MAX_CALLS", "200", "concurrent calls accepted; beyond it callers are turned away politely"),
+    ("DRAIN_TIMEOUT", "30", "seconds live calls get to finish after SIGTERM"),
+    ("MAX_CALL_SECONDS", "3600", "a call is hung up after this long"),
+    ("MAX_MESSAGE_BYTES", "65536", "largest WebSocket message accepted from a carrier"),
+    ("TWILIO_AUTH_TOKEN", "", "Twilio auth token: signs webhooks and media sockets (required "
+     "for Twilio traffic unless TWILIO_ALLOW_UNSIGNED=true)"),
+    ("TWILIO_ACCOUNT_SID", "", "Twilio account SID: enables REST hang-up and transfer"),
+    ("TWILIO_ALLOW_UNSIGNED", "false", "development only: accept unsigned Twilio requests"),
+    ("TWILIO_API_BASE_URL", "https://api.twilio.com", "Twilio REST base URL"),
+    ("TWILIO_STREAM_PARAMETERS", "", "extra <Parameter>s for the stream, `name=value,name=value`"),
+    ("TWILIO_BUSY_MODE", "say", "how callers are turned away at capacity: `say` or `reject`"),
+    ("TWILIO_BUSY_MESSAGE", "All our lines are busy. Please call again later.",
+     "what `say` busy mode says"),
+    ("TWILIO_CHUNK_MS", "100", "largest outbound media message in ms (20-200)"),
+    ("AGENT", "echo", "`echo` (built-in), `parrot` (audio loopback) or `webhook`"),
+    ("AGENT_WEBHOOK_URL", "", "the agent's URL, required when AGENT=webhook"),
+    ("AGENT_TIMEOUT", "8", "seconds to wait for the agent's first text before the fallback"),
+    ("AGENT_FALLBACK_TEXT", "عذرا، حدث خطأ. هل يمكنك الإعادة؟",
+     "spoken when the agent fails or times out"),
+    ("GREETING_TEXT", "", "spoken when a call starts (empty: ask the agent, or stay silent)"),
+    ("PARROT_DELAY_MS", "500", "parrot mode: how long the caller's audio is held back"),
+    ("HAMSA_API_KEY", "", "Hamsa API key; empty runs the embedded Hamsa simulator"),
+    ("HAMSA_BASE_URL", "https://api.tryhamsa.com", "Hamsa base URL (the realtime socket is "
+     "derived from it)"),
+    ("HAMSA_AUTH_MODE", "header", "`header` (X-Api-Key) or `query` (?api_key=)"),
+    ("HAMSA_SPEAKER", "Majd", "TTS speaker name or cloned-voice id"),
+    ("HAMSA_DIALECT", "ksa", "TTS dialect code"),
+    ("HAMSA_LANGUAGE", "ar", "language id for TTS and STT"),
+    ("HAMSA_POOL_MIN_IDLE", "2", "warm Hamsa connections kept ready"),
+    ("HAMSA_POOL_MAX_AGE", "1800", "seconds after which an idle warm connection is recycled"),
+    ("HAMSA_CONNECT_TIMEOUT", "10", "seconds to open a Hamsa socket"),
+    ("HAMSA_TTS_FIRST_AUDIO_TIMEOUT", "5", "seconds to the first TTS audio before retrying"),
+    ("HAMSA_TTS_GAP_TIMEOUT", "5", "seconds between TTS audio frames before retrying"),
+    ("HAMSA_STT_TIMEOUT", "10", "seconds for a transcript before retrying"),
+    ("HAMSA_SHORT_AUDIO_MS_PER_CHAR", "20", "TTS audio shorter than this per text character "
+     "counts as a failed (short) response"),
+    ("HAMSA_RETRIES", "2", "retries of a failed TTS/STT request on a fresh connection"),
+    ("HAMSA_RETRY_DELAY", "1.0", "first retry delay in seconds (doubles, jittered)"),
+    ("HAMSA_REST_FALLBACK_AFTER", "3", "consecutive WebSocket failures before using REST"),
+    ("ASTERISK_WS_PATH", "/asterisk/media", "chan_websocket endpoint path"),
+    ("ASTERISK_WS_USERNAME", "", "Basic user expected from websocket_client.conf"),
+    ("ASTERISK_WS_PASSWORD", "", "Basic password expected from websocket_client.conf"),
+    ("AUDIOSOCKET_PORT", "", "TCP port for Asterisk AudioSocket; empty = off"),
+    ("AUDIOSOCKET_ALLOW", "127.0.0.1/32,::1/128", "source networks allowed to use AudioSocket"),
+    ("CALL_RECORD_PATH", "", "append one JSON line per finished call here; empty = off"),
+)
+_DEFAULTS = {name: default for name, default, _ in ENV_VARS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All gateway settings. Build with :func:`load_settings` (or directly in tests)."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    public_url: str = ""
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: str = "INFO"
+    max_calls: int = 200
+    drain_timeout: float = 30.0
+    max_call_seconds: float = 3600.0
+    max_message_bytes: int = 65536
+
+    twilio_auth_token: str = field(default="", repr=False)
+    twilio_account_sid: str = ""
+    twilio_allow_unsigned: bool = False
+    twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_stream_parameters: tuple[tuple[str, str], ...] = ()
+    twilio_busy_mode: BusyMode = BusyMode.SAY
+    twilio_busy_message: str = "All our lines are busy. Please call again later."
+    twilio_chunk_ms: int = 100
+
+    agent: AgentMode = AgentMode.ECHO
+    agent_webhook_url: str = ""
+    agent_timeout: float = 8.0
+    agent_fallback_text: str = "عذرا، حدث خطأ. هل يمكنك الإعادة؟"
+    greeting_text: str = ""
+    parrot_delay_ms: int = 500
+
+    hamsa_api_key: str = field(default="", repr=False)
+    hamsa_base_url: str = "https://api.tryhamsa.com"
+    hamsa_auth_mode: HamsaAuthMode = HamsaAuthMode.HEADER
+    hamsa_speaker: str = "Majd"
+    hamsa_dialect: str = "ksa"
+    hamsa_language: str = "ar"
+    hamsa_pool_min_idle: int = 2
+    hamsa_pool_max_age: float = 1800.0
+    hamsa_connect_timeout: float = 10.0
+    hamsa_tts_first_audio_timeout: float = 5.0
+    hamsa_tts_gap_timeout: float = 5.0
+    hamsa_stt_timeout: float = 10.0
+    hamsa_short_audio_ms_per_char: float = 20.0
+    hamsa_retries: int = 2
+    hamsa_retry_delay: float = 1.0
+    hamsa_rest_fallback_after: int = 3
+
+    asterisk_ws_path: str = "/asterisk/media"
+    asterisk_ws_username: str = ""
+    asterisk_ws_password: str = field(default="", repr=False)
+    audiosocket_port: int | None = None
+    audiosocket_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+    call_record_path: str = ""
+
+    @property
+    def public_base(self) -> str:
+        """The public base URL without a trailing slash."""
+        base = self.public_url or f"http://localhost:{self.port}"
+        return base.rstrip("/")
+
+    @property
+    def public_ws_base(self) -> str:
+        """The public base with ws/wss scheme (Twilio only connects to wss:// in production)."""
+        base = self.public_base
+        if base.startswith("https://"):
+            return "wss://" + base[len("https://") :]
+        if base.startswith("http://"):
+            return "ws://" + base[len("http://") :]
+        return base
+
+    @property
+    def uses_hamsa_simulator(self) -> bool:
+        """No key configured: the embedded Hamsa simulator serves speech."""
+        return not self.hamsa_api_key
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never reach a log line (see gateway.logs.SecretFilter)."""
+        values = (self.twilio_auth_token, self.hamsa_api_key, self.asterisk_ws_password)
+        return tuple(v for v in values if v)
+
+
+# ------------------------------------------------------------------------- parsers
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not lo <= value <= hi:
+            raise ValueError
+        return value
+
+    parse.expected = f"an integer from {lo} to {hi}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not lo <= value <= hi:
+            raise ValueError
+        return value
+
+    parse.expected = f"a number from {lo:g} to {hi:g}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError
+
+
+_bool.expected = "true or false"  # type: ignore[attr-defined]
+
+
+def _enum(kind: type[T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        return kind(raw.strip().lower())  # type: ignore[call-arg]
+
+    names = ", ".join(f"`{m.value}`" for m in kind)  # type: ignore[attr-defined]
+    parse.expected = f"one of {names}"  # type: ignore[attr-defined]
+    return parse
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        parts = urlsplit(raw.strip())
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ValueError
+        return raw.strip().rstrip("/")
+
+    parse.expected = "a URL starting with " + " or ".join(  # type: ignore[attr-defined]
+        f"{s}://" for s in schemes
+    )
+    return parse
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError
+    return level
+
+
+_log_level.expected = "DEBUG, INFO, WARNING or ERROR"  # type: ignore[attr-defined]
+
+
+def _pairs(raw: str) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError
+        out.append((name.strip(), value.strip()))
+    return tuple(out)
+
+
+_pairs.expected = "a list like `name=value,name=value`"  # type: ignore[attr-defined]
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    nets = tuple(str(ipaddress.ip_network(p.strip(), strict=False)) for p in raw.split(",") if p.strip())
+    return nets
+
+
+_networks.expected = "comma-separated CIDR networks, e.g. 10.0.0.0/8,127.0.0.1/32"  # type: ignore[attr-defined]
+
+
+def _optional_port(raw: str) -> int | None:
+    if not raw.strip():
+        return None
+    return _int(1, 65535)(raw)
+
+
+_optional_port.expected = "empty (off) or a port from 1 to 65535"  # type: ignore[attr-defined]
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+_text.expected = "text"  # type: ignore[attr-defined]
+
+
+def _path(raw: str) -> str:
+    if not raw.startswith("/"):
+        raise ValueError
+    return raw
+
+
+_path.expected = "a path starting with /"  # type: ignore[attr-defined]
+
+
+def _optional_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    inner = _url(schemes)
+
+    def parse(raw: str) -> str:
+        return "" if not raw.strip() else inner(raw)
+
+    parse.expected = "empty or " + inner.expected  # type: ignore[attr-defined]
+    return parse
+
+
+# field name -> (variable, parser)
+_PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "host": ("HOST", _text),
+    "port": ("PORT", _int(1, 65535)),
+    "public_url": ("PUBLIC_URL", _optional_url(("https", "http"))),
+    "log_format": ("LOG_FORMAT", _enum(LogFormat)),
+    "log_level": ("LOG_LEVEL", _log_level),
+    "max_calls": ("MAX_CALLS", _int(1, 100_000)),
+    "drain_timeout": ("DRAIN_TIMEOUT", _float(0, 86_400)),
+    "max_call_seconds": ("MAX_CALL_SECONDS", _float(1, 86_400)),
+    "max_message_bytes": ("MAX_MESSAGE_BYTES", _int(1024, 16 * 1024 * 1024)),
+    "twilio_auth_token": ("TWILIO_AUTH_TOKEN", _text),
+    "twilio_account_sid": ("TWILIO_ACCOUNT_SID", _text),
+    "twilio_allow_unsigned": ("TWILIO_ALLOW_UNSIGNED", _bool),
+    "twilio_api_base_url": ("TWILIO_API_BASE_URL", _url(("https", "http"))),
+    "twilio_stream_parameters": ("TWILIO_STREAM_PARAMETERS", _pairs),
+    "twilio_busy_mode": ("TWILIO_BUSY_MODE", _enum(BusyMode)),
+    "twilio_busy_message": ("TWILIO_BUSY_MESSAGE", _text),
+    "twilio_chunk_ms": ("TWILIO_CHUNK_MS", _int(20, 200)),
+    "agent": ("AGENT", _enum(AgentMode)),
+    "agent_webhook_url": ("AGENT_WEBHOOK_URL", _optional_url(("https", "http"))),
+    "agent_timeout": ("AGENT_TIMEOUT", _float(0.1, 600)),
+    "agent_fallback_text": ("AGENT_FALLBACK_TEXT", _text),
+    "greeting_text": ("GREETING_TEXT", _text),
+    "parrot_delay_ms": ("PARROT_DELAY_MS", _int(0, 10_000)),
+    "hamsa_api_key": ("HAMSA_API_KEY", _text),
+    "hamsa_base_url": ("HAMSA_BASE_URL", _url(("https", "http"))),
+    "hamsa_auth_mode": ("HAMSA_AUTH_MODE", _enum(HamsaAuthMode)),
+    "hamsa_speaker": ("HAMSA_SPEAKER", _text),
+    "hamsa_dialect": ("HAMSA_DIALECT", _text),
+    "hamsa_language": ("HAMSA_LANGUAGE", _text),
+    "hamsa_pool_min_idle": ("HAMSA_POOL_MIN_IDLE", _int(0, 1000)),
+    "hamsa_pool_max_age": ("HAMSA_POOL_MAX_AGE", _float(1, 3500)),
+    "hamsa_connect_timeout": ("HAMSA_CONNECT_TIMEOUT", _float(0.1, 120)),
+    "hamsa_tts_first_audio_timeout": ("HAMSA_TTS_FIRST_AUDIO_TIMEOUT", _float(0.1, 120)),
+    "hamsa_tts_gap_timeout": ("HAMSA_TTS_GAP_TIMEOUT", _float(0.1, 120)),
+    "hamsa_stt_timeout": ("HAMSA_STT_TIMEOUT", _float(0.1, 120)),
+    "hamsa_short_audio_ms_per_char": ("HAMSA_SHORT_AUDIO_MS_PER_CHAR", _float(0, 1000)),
+    "hamsa_retries": ("HAMSA_RETRIES", _int(0, 10)),
+    "hamsa_retry_delay": ("HAMSA_RETRY_DELAY", _float(0, 60)),
+    "hamsa_rest_fallback_after": ("HAMSA_REST_FALLBACK_AFTER", _int(1, 100)),
+    "asterisk_ws_path": ("ASTERISK_WS_PATH", _path),
+    "asterisk_ws_username": ("ASTERISK_WS_USERNAME", _text),
+    "asterisk_ws_password": ("ASTERISK_WS_PASSWORD", _text),
+    "audiosocket_port": ("AUDIOSOCKET_PORT", _optional_port),
+    "audiosocket_allow": ("AUDIOSOCKET_ALLOW", _networks),
+    "call_record_path": ("CALL_RECORD_PATH", _text),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Parse and validate settings from ``environ`` (default ``os.environ``).
+
+    ``overrides`` (field name -> already-typed value) win over the environment; the CLI uses
+    them for ``--host``/``--port``. Raises :class:`ConfigError` on the first bad variable.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field_name, (var, parse) in _PARSERS.items():
+        if field_name in overrides:
+            values[field_name] = overrides[field_name]
+            continue
+        raw = env.get(var, _DEFAULTS[var])
+        try:
+            values[field_name] = parse(raw)
+        except (ValueError, TypeError):
+            shown = "<hidden>" if "TOKEN" in var or "KEY" in var or "PASSWORD" in var else raw
+            raise ConfigError(var, parse.expected, shown) from None  # type: ignore[attr-defined]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.agent is AgentMode.WEBHOOK and not settings.agent_webhook_url:
+        raise ConfigError("AGENT_WEBHOOK_URL", "set when AGENT=webhook")
+    if bool(settings.asterisk_ws_username) != bool(settings.asterisk_ws_password):
+        raise ConfigError("ASTERISK_WS_PASSWORD", "set together with ASTERISK_WS_USERNAME")
+    return settings
