@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: run test lint typecheck pytest bench demo clean
+
+.PHONY: run test tools lint typecheck pytest bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +27,14 @@ run: $(STAMP_RUN)
 	$(BIN)/gateway serve
 
 ## make test: lint, type-check and run the whole test suite
-test: $(STAMP_DEV) lint typecheck pytest
+test: $(STAMP_DEV) tools lint typecheck pytest
+
+tools:
+	@sh scripts/install-test-tools.sh
 
 lint: $(STAMP_DEV)
-	$(BIN)/ruff check gateway codecs tests bench
-	$(BIN)/ruff format --check gateway codecs tests bench
+	$(BIN)/ruff check gateway codecs tests bench scripts
+	$(BIN)/ruff format --check gateway codecs tests bench scripts
 
 # mypy cannot follow the `telecodecs = "codecs"` package-dir mapping, so it
 # type-checks the codecs folder through a symlink carrying its import name.

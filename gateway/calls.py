@@ -1,0 +1,226 @@
+"""Call sessions and the registry of live calls.
+
+A :class:`CallSession` is one call, whatever its transport. It owns every task it starts
+(:meth:`CallSession.spawn`): when the call ends, :meth:`CallSession.aclose` cancels and awaits all
+of them, so a hang-up leaves nothing behind. The *conversation* (parrot loopback or the voice
+agent) plugs in through the :class:`Conversation` protocol and talks to the caller only through
+:meth:`CallSession.send` with outbound events from ``gateway.telephony.events``.
+
+The :class:`CallRegistry` admits calls up to ``MAX_CALLS``, refuses them while draining, and lets
+the drain wait until the last call is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Protocol
+
+from gateway.logs import call_id_var
+from gateway.metrics import Metrics
+from gateway.telephony.events import (
+    AudioFormat,
+    CallStarted,
+    Hangup,
+    InboundEvent,
+    OutboundEvent,
+    Transport,
+)
+
+log = logging.getLogger(__name__)
+
+SendFn = Callable[[OutboundEvent], Awaitable[None]]
+
+
+class Conversation(Protocol):
+    """What runs a call: the parrot loopback, the voice agent...
+
+    ``on_event`` is called synchronously for every inbound event of the call (CallerAudio 50 times
+    per second: keep it cheap, never block); ``run`` is the conversation's own long-running task,
+    started once when the call starts and cancelled when it ends.
+    """
+
+    def on_event(self, event: InboundEvent) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+class CallSession:
+    """One live call: identity, outbound path, owned tasks, outcome."""
+
+    def __init__(
+        self,
+        started: CallStarted,
+        send: SendFn,
+        metrics: Metrics,
+        *,
+        on_hangup: Callable[[str], None],
+    ) -> None:
+        self.call_id = started.call_id
+        self.transport: Transport = started.transport
+        self.audio_format: AudioFormat = started.audio_format
+        self.stream_id = started.stream_id
+        self.metadata: Mapping[str, str] = started.metadata
+        self.started_monotonic = time.monotonic()
+        self.outcome = "completed"
+        self.metrics = metrics
+        self._send = send
+        self._on_hangup = on_hangup
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._hangup_reason: str | None = None
+        self._closed = False
+        self.conversation: Conversation | None = None
+
+    # ------------------------------------------------------------------ tasks
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a task owned by this call; it is cancelled and awaited when the call ends.
+
+        A task that fails ends the call (outcome ``error``), logged once with the call id.
+        """
+        if self._closed:
+            coro.close()
+            raise RuntimeError("call already closed")
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}:{self.call_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            token = call_id_var.set(self.call_id)
+            try:
+                log.error("task %s failed: %r; ending the call", task.get_name(), exc,
+                          exc_info=exc)
+            finally:
+                call_id_var.reset(token)
+            self.hangup("internal_error", outcome="error")
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    # --------------------------------------------------------------- outbound
+
+    async def send(self, event: OutboundEvent) -> None:
+        """Send one outbound event to the caller through the call's transport."""
+        if self._hangup_reason is not None and not isinstance(event, Hangup):
+            return
+        await self._send(event)
+
+    def hangup(self, reason: str, *, outcome: str | None = None) -> None:
+        """End the call from our side (idempotent). The transport glue closes the media socket."""
+        if self._hangup_reason is not None:
+            return
+        self._hangup_reason = reason
+        if outcome is not None:
+            self.outcome = outcome
+        log.info("hanging up: %s", reason)
+        self._on_hangup(reason)
+
+    @property
+    def hangup_reason(self) -> str | None:
+        return self._hangup_reason
+
+    # --------------------------------------------------------------- lifecycle
+
+    def start(self, conversation: Conversation) -> None:
+        """Attach the conversation and start its task."""
+        self.conversation = conversation
+        self.spawn(conversation.run(), "conversation")
+
+    async def aclose(self) -> None:
+        """Cancel every task the call owns and wait for them all (idempotent)."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        leaked = [t for t in self._tasks if not t.done()]
+        if leaked:  # cannot happen unless a task swallows cancellation in a loop
+            self.metrics.tasks_leaked.inc(len(leaked))
+            log.error("%d tasks still running after call end", len(leaked))
+
+    @property
+    def duration_seconds(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+
+class CallRegistry:
+    """Admission control and bookkeeping for live calls (capacity, drain)."""
+
+    def __init__(self, max_calls: int, metrics: Metrics) -> None:
+        self.max_calls = max_calls
+        self.metrics = metrics
+        self.draining = False
+        self._calls: dict[int, CallSession] = {}
+        self._reserved = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def count(self) -> int:
+        """Live calls plus admissions in progress."""
+        return len(self._calls) + self._reserved
+
+    def has_capacity(self) -> bool:
+        """Would a new call be admitted now?"""
+        return not self.draining and self.count < self.max_calls
+
+    def refusal_reason(self) -> str | None:
+        """Why a new call would be refused (``draining`` / ``at_capacity``), or None."""
+        if self.draining:
+            return "draining"
+        if self.count >= self.max_calls:
+            return "at_capacity"
+        return None
+
+    def reserve(self) -> bool:
+        """Reserve a slot for a call being set up; False if refused. Pair with add/unreserve."""
+        if not self.has_capacity():
+            return False
+        self._reserved += 1
+        self._idle.clear()
+        return True
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+        self._check_idle()
+
+    def add(self, session: CallSession) -> None:
+        """Turn a reservation into a live call."""
+        self._reserved -= 1
+        self._calls[id(session)] = session
+        self.metrics.active_calls.labels(session.transport.value).inc()
+
+    def remove(self, session: CallSession) -> None:
+        if self._calls.pop(id(session), None) is not None:
+            self.metrics.active_calls.labels(session.transport.value).dec()
+            self.metrics.calls.labels(session.transport.value, session.outcome).inc()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.count == 0:
+            self._idle.set()
+
+    def sessions(self) -> list[CallSession]:
+        return list(self._calls.values())
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is live; True if that happened within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def hangup_all(self, reason: str) -> None:
+        for session in self.sessions():
+            session.hangup(reason, outcome="drained")

@@ -1,0 +1,19 @@
+"""Every ``web.AppKey`` of the application, in one place (typed app state, no globals)."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from gateway.calls import CallRegistry
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.readiness import Readiness
+from gateway.telephony.driver import ConversationFactory
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+CALLS = web.AppKey("calls", CallRegistry)
+READINESS = web.AppKey("readiness", Readiness)
+HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
+CONVERSATIONS: web.AppKey[ConversationFactory] = web.AppKey("conversations")

@@ -1,0 +1,92 @@
+"""``gateway serve``: run the app until SIGTERM/SIGINT, then drain without dropping calls.
+
+Drain sequence (SIGTERM or SIGINT):
+1. ``/readyz`` turns 503 and new calls are refused (Twilio gets busy TwiML, sockets close 1013);
+2. live calls get up to ``DRAIN_TIMEOUT`` seconds to finish on their own;
+3. calls still live are hung up cleanly, the server stops, and the process exits 0.
+A second signal during the drain skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.server import keys
+from gateway.server.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
+    """Serve until a stop signal, drain, return the exit status (0)."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    log.info(
+        "gateway listening on %s:%d (public %s), agent=%s, max calls %d",
+        settings.host, settings.port, settings.public_base, settings.agent.value,
+        settings.max_calls,
+    )
+    if not settings.twilio_auth_token:
+        if settings.twilio_allow_unsigned:
+            log.warning("TWILIO_ALLOW_UNSIGNED=true: Twilio signatures are NOT checked "
+                        "(development only)")
+        else:
+            log.warning("TWILIO_AUTH_TOKEN is not set: Twilio requests will be refused (403)")
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+        if signals > 1:
+            skip.set()
+
+    skip = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+        await drain(app, settings.drain_timeout, skip)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+async def drain(app: web.Application, timeout: float, skip: asyncio.Event) -> None:
+    """Refuse new calls, give live ones ``timeout`` seconds, then hang up the rest."""
+    registry = app[keys.CALLS]
+    app[keys.READINESS].draining = True
+    registry.draining = True
+    app[keys.METRICS].draining.set(1)
+    live = registry.count
+    log.info("draining: %d live call(s), waiting up to %.0f s", live, timeout)
+    if live:
+        waiter = asyncio.ensure_future(registry.wait_idle(timeout))
+        skipper = asyncio.ensure_future(skip.wait())
+        await asyncio.wait({waiter, skipper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiter, skipper):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if registry.count:
+        log.warning("drain timeout: hanging up %d call(s)", registry.count)
+        registry.hangup_all("drain_timeout")
+        await registry.wait_idle(5.0)
+    log.info("drained")

@@ -1,0 +1,161 @@
+"""Twilio HTTP glue: the voice webhook, stream status callbacks and the media WebSocket.
+
+- ``POST /twilio/voice`` answers TwiML ``<Connect><Stream>`` (shared/protocols/twilio.md §1.2)
+  or, at capacity / while draining, a polite refusal (never a 5xx).
+- ``POST /twilio/stream-status`` logs and counts Twilio's stream callbacks.
+- ``GET /twilio/media`` is the bidirectional Media Stream, run by the shared driver.
+
+Every request is checked against ``X-Twilio-Signature`` (§1.5). With no auth token configured,
+Twilio traffic is refused unless ``TWILIO_ALLOW_UNSIGNED=true`` (development only).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from gateway.calls import CallSession
+from gateway.config import BusyMode, Settings
+from gateway.server import keys
+from gateway.telephony import twiml
+from gateway.telephony.driver import DriverConfig, drive_websocket
+from gateway.telephony.events import Transport
+from gateway.telephony.twilio import TwilioMediaProtocol
+from gateway.telephony.twilio_rest import TwilioRestError, hang_up
+from gateway.telephony.twilio_signature import validate_signature
+
+log = logging.getLogger(__name__)
+
+VOICE_PATH = "/twilio/voice"
+STATUS_PATH = "/twilio/stream-status"
+MEDIA_PATH = "/twilio/media"
+SIGNATURE_HEADER = "X-Twilio-Signature"
+# Twilio's documented StreamEvent values; anything else is counted as "other" (bounded label).
+_STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
+
+
+def _form_params(form: MultiDictProxy[str | bytes | web.FileField]) -> dict[str, list[str]]:
+    params: dict[str, list[str]] = {}
+    for name, value in form.items():
+        if isinstance(value, str):
+            params.setdefault(name, []).append(value)
+    return params
+
+
+def _is_signed(
+    request: web.Request, url: str, params: dict[str, list[str]], endpoint: str
+) -> bool:
+    """Check X-Twilio-Signature; count and log a refusal."""
+    settings = request.app[keys.SETTINGS]
+    if settings.twilio_auth_token:
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        if validate_signature(settings.twilio_auth_token, url, params, signature):
+            return True
+        why = "missing" if not signature else "invalid"
+    elif settings.twilio_allow_unsigned:
+        return True
+    else:
+        why = "no TWILIO_AUTH_TOKEN configured"
+    request.app[keys.METRICS].signature_failures.labels(endpoint).inc()
+    log.warning("refused Twilio %s request: signature %s", endpoint, why)
+    return False
+
+
+def _busy_twiml(settings: Settings) -> str:
+    if settings.twilio_busy_mode is BusyMode.REJECT:
+        return twiml.reject_busy()
+    return twiml.busy_say(settings.twilio_busy_message)
+
+
+async def voice(request: web.Request) -> web.Response:
+    """Answer an incoming call with a bidirectional Media Stream (or a polite refusal)."""
+    settings = request.app[keys.SETTINGS]
+    form = await request.post()
+    params = _form_params(form)
+    if not _is_signed(request, settings.public_base + request.path_qs, params, "voice"):
+        return web.Response(status=403, text="invalid Twilio signature\n")
+    refusal = request.app[keys.CALLS].refusal_reason()
+    if refusal is not None:
+        request.app[keys.METRICS].calls.labels(Transport.TWILIO.value, "refused_" + refusal).inc()
+        log.warning("turning call %s away: %s", params.get("CallSid", ["?"])[0], refusal)
+        return web.Response(text=_busy_twiml(settings), content_type="text/xml")
+    # Twilio rejects query strings on the stream URL (error 31920): values go in <Parameter>s.
+    parameters = [(name, params[name][0]) for name in ("From", "To", "CallSid") if name in params]
+    parameters.extend(settings.twilio_stream_parameters)
+    body = twiml.connect_stream(
+        settings.public_ws_base + MEDIA_PATH,
+        parameters,
+        status_callback=settings.public_base + STATUS_PATH,
+    )
+    return web.Response(text=body, content_type="text/xml")
+
+
+async def stream_status(request: web.Request) -> web.Response:
+    """Log and count a stream status callback (StreamEvent: stream-started/stopped/error)."""
+    settings = request.app[keys.SETTINGS]
+    params = _form_params(await request.post())
+    if not _is_signed(request, settings.public_base + request.path_qs, params, "stream_status"):
+        return web.Response(status=403, text="invalid Twilio signature\n")
+    event = params.get("StreamEvent", [""])[0]
+    request.app[keys.METRICS].stream_callbacks.labels(
+        event if event in _STREAM_EVENTS else "other"
+    ).inc()
+    log.info(
+        "stream status: %s call=%s stream=%s error=%s",
+        event or "?",
+        params.get("CallSid", ["?"])[0],
+        params.get("StreamSid", ["?"])[0],
+        params.get("StreamError", [""])[0],
+    )
+    return web.Response(status=204)
+
+
+async def media(request: web.Request) -> web.StreamResponse:
+    """The Media Stream WebSocket: signature-checked upgrade, then the shared driver."""
+    app = request.app
+    settings = app[keys.SETTINGS]
+    # The handshake is a GET with no body and no query: sign the wss:// URL, empty params (§1.5).
+    if not _is_signed(request, settings.public_ws_base + request.path, {}, "media"):
+        return web.Response(status=403, text="invalid Twilio signature\n")
+    ws = web.WebSocketResponse(max_msg_size=settings.max_message_bytes, compress=False)
+    await ws.prepare(request)
+    protocol = TwilioMediaProtocol(
+        max_message_bytes=settings.max_message_bytes, chunk_ms=settings.twilio_chunk_ms
+    )
+
+    async def on_call_end(session: CallSession) -> None:
+        # Closing the socket already ends the call (no TwiML after </Connect>); the REST update
+        # also ends it when Twilio would otherwise keep the caller on the line.
+        if session.hangup_reason is None or not settings.twilio_account_sid:
+            return
+        try:
+            done = await hang_up(
+                app[keys.HTTP_CLIENT],
+                base_url=settings.twilio_api_base_url,
+                account_sid=settings.twilio_account_sid,
+                auth_token=settings.twilio_auth_token,
+                call_sid=session.call_id,
+            )
+            log.info("REST hang-up: %s", "done" if done else "call had already ended")
+        except TwilioRestError as exc:
+            app[keys.METRICS].carrier_api_errors.labels(Transport.TWILIO.value, "hangup").inc()
+            log.warning("%s", exc)
+
+    await drive_websocket(
+        ws,
+        protocol,
+        config=DriverConfig(Transport.TWILIO, settings.max_call_seconds),
+        registry=app[keys.CALLS],
+        metrics=app[keys.METRICS],
+        make_conversation=app[keys.CONVERSATIONS],
+        on_call_end=on_call_end,
+    )
+    return ws
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(VOICE_PATH, voice)
+    app.router.add_post(STATUS_PATH, stream_status)
+    app.router.add_get(MEDIA_PATH, media)

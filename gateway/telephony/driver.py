@@ -1,0 +1,268 @@
+"""The one thin loop that runs a sans-I/O media protocol over an aiohttp WebSocket.
+
+Used by every WebSocket transport (Twilio Media Streams, Asterisk chan_websocket). The loop:
+
+1. waits (bounded by ``start_timeout``) for the protocol to announce :class:`CallStarted`;
+2. admits the call (capacity / drain) and builds a :class:`CallSession` plus its conversation;
+3. feeds every further message through the protocol and hands the events to the conversation,
+   synchronously, with no per-frame task or queue (the hot path: 50 messages per second per call);
+4. on ``CallEnded``, socket close, fatal bad input, hang-up from our side, or the maximum call
+   duration, closes the socket and cancels and awaits every task the call started.
+
+Bad input (:class:`Malformed`) is counted every time by reason and logged once per reason per call
+with the call id; fatal kinds end that call with the protocol's close code, never another call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+
+from gateway.calls import CallRegistry, CallSession, Conversation
+from gateway.logs import call_id_var
+from gateway.metrics import Metrics
+from gateway.telephony.events import (
+    CallEnded,
+    CallerAudio,
+    CallStarted,
+    Hangup,
+    Ignored,
+    InboundEvent,
+    Malformed,
+    OutboundEvent,
+    PlayAudio,
+    Transport,
+)
+
+log = logging.getLogger(__name__)
+
+# RFC 6455 §7.4.1 close codes used by the driver.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+class MediaProtocol(Protocol):
+    """What a sans-I/O WebSocket media protocol offers the driver."""
+
+    def receive_text(self, text: str) -> list[InboundEvent]: ...
+
+    def receive_bytes(self, data: bytes) -> list[InboundEvent]: ...
+
+    def send(self, event: OutboundEvent) -> Sequence[str | bytes]: ...
+
+
+ConversationFactory = Callable[[CallSession], Conversation]
+
+
+@dataclass(slots=True)
+class DriverConfig:
+    transport: Transport
+    max_call_seconds: float
+    start_timeout: float = 15.0
+
+
+class _BadInputLog:
+    """Counts every bad input; logs each reason once per call."""
+
+    def __init__(self, metrics: Metrics, transport: Transport) -> None:
+        self._metrics = metrics
+        self._transport = transport.value
+        self._seen: set[str] = set()
+
+    def malformed(self, event: Malformed) -> None:
+        self._metrics.malformed_input.labels(self._transport, event.reason).inc()
+        if event.reason not in self._seen:
+            self._seen.add(event.reason)
+            log.warning(
+                "malformed input (%s)%s%s; further ones are only counted",
+                event.reason,
+                f": {event.detail}" if event.detail else "",
+                ", ending the call" if event.fatal else "",
+            )
+
+    def ignored(self, event: Ignored) -> None:
+        self._metrics.ignored_input.labels(self._transport, event.reason).inc()
+        if event.reason not in self._seen:
+            self._seen.add(event.reason)
+            log.info("ignored input (%s); further ones are only counted", event.reason)
+
+
+async def drive_websocket(
+    ws: web.WebSocketResponse,
+    protocol: MediaProtocol,
+    *,
+    config: DriverConfig,
+    registry: CallRegistry,
+    metrics: Metrics,
+    make_conversation: ConversationFactory,
+    on_call_end: Callable[[CallSession], Awaitable[None]] | None = None,
+) -> None:
+    """Run one media WebSocket until the call ends. Never raises for call-level problems."""
+    transport = config.transport
+    bad = _BadInputLog(metrics, transport)
+    frames_out = metrics.frames.labels(transport.value, "out")
+
+    async def send_wire(event: OutboundEvent) -> None:
+        if ws.closed:
+            return
+        messages = protocol.send(event)
+        try:
+            for message in messages:
+                if isinstance(message, str):
+                    await ws.send_str(message)
+                else:
+                    await ws.send_bytes(message)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            return  # the carrier went away; the receive loop sees the close
+        if isinstance(event, PlayAudio):
+            frames_out.inc(len(messages))
+
+    # ---- phase 1: wait for the call to start (bounded)
+    started: CallStarted | None = None
+    try:
+        async with asyncio.timeout(config.start_timeout):
+            while started is None:
+                msg = await ws.receive()
+                events = _decode(msg, protocol, bad)
+                if events is None:
+                    return  # closed or errored before start
+                for event in events:
+                    if isinstance(event, CallStarted):
+                        started = event
+                        break
+                    if isinstance(event, Malformed):
+                        bad.malformed(event)
+                        if event.fatal:
+                            await ws.close(code=event.close_code, message=event.reason.encode())
+                            return
+                    elif isinstance(event, Ignored):
+                        bad.ignored(event)
+                    elif isinstance(event, CallEnded):
+                        await ws.close(code=CLOSE_NORMAL)
+                        return
+    except TimeoutError:
+        metrics.malformed_input.labels(transport.value, "start_timeout").inc()
+        log.warning("no call start within %.0f s; closing the socket", config.start_timeout)
+        await ws.close(code=CLOSE_POLICY, message=b"start_timeout")
+        return
+
+    # ---- phase 2: the call
+    if not registry.reserve():
+        reason = registry.refusal_reason() or "refused"
+        metrics.calls.labels(transport.value, "refused_" + reason).inc()
+        log.warning("call %s refused: %s", started.call_id, reason)
+        await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=reason.encode())
+        return
+
+    token = call_id_var.set(started.call_id)
+    close_code = [CLOSE_NORMAL]
+    closers: list[asyncio.Task[None]] = []
+
+    def on_hangup(reason: str) -> None:
+        # Closing the socket ends the receive loop below; the call's tasks are then cancelled.
+        # The closer task is awaited in the `finally` below, so it never outlives the call.
+        if not ws.closed and not closers:
+            closers.append(asyncio.get_running_loop().create_task(_close_after_send(ws, send_wire)))
+
+    session = CallSession(started, send_wire, metrics, on_hangup=on_hangup)
+    registry.add(session)
+    log.info(
+        "call started: transport=%s stream=%s format=%s/%d",
+        transport.value,
+        started.stream_id,
+        started.audio_format.encoding.value,
+        started.audio_format.sample_rate,
+    )
+    try:
+        conversation = make_conversation(session)
+        session.start(conversation)
+        on_event = conversation.on_event
+        frames_in = metrics.frames.labels(transport.value, "in")
+        try:
+            async with asyncio.timeout(config.max_call_seconds):
+                async for msg in ws:
+                    events = _decode(msg, protocol, bad)
+                    if events is None:
+                        break
+                    for event in events:
+                        if type(event) is CallerAudio:  # the hot path first
+                            frames_in.inc()
+                            on_event(event)
+                        elif isinstance(event, Malformed):
+                            bad.malformed(event)
+                            if event.fatal:
+                                session.outcome = "error"
+                                close_code[0] = event.close_code
+                                await ws.close(
+                                    code=event.close_code, message=event.reason.encode()
+                                )
+                                break
+                        elif isinstance(event, Ignored):
+                            bad.ignored(event)
+                        elif isinstance(event, CallEnded):
+                            on_event(event)
+                            await ws.close(code=CLOSE_NORMAL)
+                            break
+                        elif isinstance(event, CallStarted):
+                            bad.malformed(Malformed("second_start", "call already started"))
+                        else:
+                            on_event(event)
+        except TimeoutError:
+            log.info("maximum call duration (%.0f s) reached", config.max_call_seconds)
+            session.outcome = "max_duration"
+            session.hangup("max_duration")
+    finally:
+        try:
+            await session.aclose()
+            for closer in closers:
+                with contextlib.suppress(Exception):
+                    await closer
+            if not ws.closed:
+                await ws.close(code=close_code[0])
+            if on_call_end is not None:
+                try:
+                    await on_call_end(session)
+                except Exception:
+                    log.exception("call-end hook failed")
+        finally:
+            registry.remove(session)
+            log.info(
+                "call ended: outcome=%s duration=%.1fs", session.outcome, session.duration_seconds
+            )
+            call_id_var.reset(token)
+
+
+async def _close_after_send(
+    ws: web.WebSocketResponse, send_wire: Callable[[OutboundEvent], Awaitable[None]]
+) -> None:
+    with contextlib.suppress(Exception):
+        await send_wire(Hangup())
+        await ws.close(code=CLOSE_NORMAL)
+
+
+def _decode(
+    msg: aiohttp.WSMessage, protocol: MediaProtocol, bad: _BadInputLog
+) -> list[InboundEvent] | None:
+    """Wire message -> events; None when the socket is closing or failed."""
+    kind = msg.type
+    if kind is aiohttp.WSMsgType.TEXT:
+        return protocol.receive_text(msg.data)
+    if kind is aiohttp.WSMsgType.BINARY:
+        return protocol.receive_bytes(msg.data)
+    if kind is aiohttp.WSMsgType.ERROR:
+        exc = msg.data
+        if isinstance(exc, aiohttp.WebSocketError) and exc.code == CLOSE_TOO_BIG:
+            bad.malformed(Malformed("message_too_large", str(exc), fatal=True,
+                                    close_code=CLOSE_TOO_BIG))
+        return None
+    return None  # CLOSE, CLOSING, CLOSED
