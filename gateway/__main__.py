@@ -18,7 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     try:
-        settings = load_settings(**overrides)
+        settings = load_settings(None, **overrides)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -27,11 +27,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # uvloop is optional: plain asyncio works, a little slower
-        runner = asyncio.run
-    return int(runner(serve(settings)))
+        return int(asyncio.run(serve(settings)))
+    return int(uvloop.run(serve(settings)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,8 +96,7 @@ class CallSession:
         if exc is not None:
             token = call_id_var.set(self.call_id)
             try:
-                log.error("task %s failed: %r; ending the call", task.get_name(), exc,
-                          exc_info=exc)
+                log.error("task %s failed: %r; ending the call", task.get_name(), exc, exc_info=exc)
             finally:
                 call_id_var.reset(token)
             self.hangup("internal_error", outcome="error")

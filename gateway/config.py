@@ -56,34 +56,51 @@ class HamsaAuthMode(StrEnum):
 ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ("HOST", "0.0.0.0", "address `gateway serve` listens on"),
     ("PORT", "8080", "HTTP/WebSocket port"),
-    ("PUBLIC_URL", "", "public https base URL the carrier reaches (e.g. https://gw.example.com); "
-     "defaults to http://localhost:PORT"),
+    (
+        "PUBLIC_URL",
+        "",
+        "public https base URL the carrier reaches (e.g. https://gw.example.com); "
+        "defaults to http://localhost:PORT",
+    ),
     ("LOG_FORMAT", "text", "`text` (one line per event) or `json` (JSON lines)"),
     ("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     ("MAX_CALLS", "200", "concurrent calls accepted; beyond it callers are turned away politely"),
     ("DRAIN_TIMEOUT", "30", "seconds live calls get to finish after SIGTERM"),
     ("MAX_CALL_SECONDS", "3600", "a call is hung up after this long"),
     ("MAX_MESSAGE_BYTES", "65536", "largest WebSocket message accepted from a carrier"),
-    ("TWILIO_AUTH_TOKEN", "", "Twilio auth token: signs webhooks and media sockets (required "
-     "for Twilio traffic unless TWILIO_ALLOW_UNSIGNED=true)"),
+    (
+        "TWILIO_AUTH_TOKEN",
+        "",
+        "Twilio auth token: signs webhooks and media sockets (required "
+        "for Twilio traffic unless TWILIO_ALLOW_UNSIGNED=true)",
+    ),
     ("TWILIO_ACCOUNT_SID", "", "Twilio account SID: enables REST hang-up and transfer"),
     ("TWILIO_ALLOW_UNSIGNED", "false", "development only: accept unsigned Twilio requests"),
     ("TWILIO_API_BASE_URL", "https://api.twilio.com", "Twilio REST base URL"),
     ("TWILIO_STREAM_PARAMETERS", "", "extra <Parameter>s for the stream, `name=value,name=value`"),
     ("TWILIO_BUSY_MODE", "say", "how callers are turned away at capacity: `say` or `reject`"),
-    ("TWILIO_BUSY_MESSAGE", "All our lines are busy. Please call again later.",
-     "what `say` busy mode says"),
+    (
+        "TWILIO_BUSY_MESSAGE",
+        "All our lines are busy. Please call again later.",
+        "what `say` busy mode says",
+    ),
     ("TWILIO_CHUNK_MS", "100", "largest outbound media message in ms (20-200)"),
     ("AGENT", "echo", "`echo` (built-in), `parrot` (audio loopback) or `webhook`"),
     ("AGENT_WEBHOOK_URL", "", "the agent's URL, required when AGENT=webhook"),
     ("AGENT_TIMEOUT", "8", "seconds to wait for the agent's first text before the fallback"),
-    ("AGENT_FALLBACK_TEXT", "عذرا، حدث خطأ. هل يمكنك الإعادة؟",
-     "spoken when the agent fails or times out"),
+    (
+        "AGENT_FALLBACK_TEXT",
+        "عذرا، حدث خطأ. هل يمكنك الإعادة؟",
+        "spoken when the agent fails or times out",
+    ),
     ("GREETING_TEXT", "", "spoken when a call starts (empty: ask the agent, or stay silent)"),
     ("PARROT_DELAY_MS", "500", "parrot mode: how long the caller's audio is held back"),
     ("HAMSA_API_KEY", "", "Hamsa API key; empty runs the embedded Hamsa simulator"),
-    ("HAMSA_BASE_URL", "https://api.tryhamsa.com", "Hamsa base URL (the realtime socket is "
-     "derived from it)"),
+    (
+        "HAMSA_BASE_URL",
+        "https://api.tryhamsa.com",
+        "Hamsa base URL (the realtime socket is derived from it)",
+    ),
     ("HAMSA_AUTH_MODE", "header", "`header` (X-Api-Key) or `query` (?api_key=)"),
     ("HAMSA_SPEAKER", "Majd", "TTS speaker name or cloned-voice id"),
     ("HAMSA_DIALECT", "ksa", "TTS dialect code"),
@@ -94,8 +111,11 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ("HAMSA_TTS_FIRST_AUDIO_TIMEOUT", "5", "seconds to the first TTS audio before retrying"),
     ("HAMSA_TTS_GAP_TIMEOUT", "5", "seconds between TTS audio frames before retrying"),
     ("HAMSA_STT_TIMEOUT", "10", "seconds for a transcript before retrying"),
-    ("HAMSA_SHORT_AUDIO_MS_PER_CHAR", "20", "TTS audio shorter than this per text character "
-     "counts as a failed (short) response"),
+    (
+        "HAMSA_SHORT_AUDIO_MS_PER_CHAR",
+        "20",
+        "TTS audio shorter than this per text character counts as a failed (short) response",
+    ),
     ("HAMSA_RETRIES", "2", "retries of a failed TTS/STT request on a fresh connection"),
     ("HAMSA_RETRY_DELAY", "1.0", "first retry delay in seconds (doubles, jittered)"),
     ("HAMSA_REST_FALLBACK_AFTER", "3", "consecutive WebSocket failures before using REST"),
@@ -277,8 +297,8 @@ _pairs.expected = "a list like `name=value,name=value`"  # type: ignore[attr-def
 
 
 def _networks(raw: str) -> tuple[str, ...]:
-    nets = tuple(str(ipaddress.ip_network(p.strip(), strict=False)) for p in raw.split(",") if p.strip())
-    return nets
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    return tuple(str(ipaddress.ip_network(p, strict=False)) for p in parts)
 
 
 _networks.expected = "comma-separated CIDR networks, e.g. 10.0.0.0/8,127.0.0.1/32"  # type: ignore[attr-defined]

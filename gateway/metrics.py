@@ -16,7 +16,23 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Voice-scale latency buckets: 5 ms (one carrier frame is 20 ms) up to 30 s (a slow agent).
 VOICE_LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    8.0,
+    13.0,
+    20.0,
     30.0,
 )
 
@@ -49,51 +65,72 @@ class Metrics:
             "gateway_active_calls", "Calls in progress.", ["transport"], registry=r
         )
         self.calls = Counter(
-            "gateway_calls_total", "Finished or refused calls.", ["transport", "outcome"],
+            "gateway_calls_total",
+            "Finished or refused calls.",
+            ["transport", "outcome"],
             registry=r,
         )
         self.frames = Counter(
-            "gateway_frames_total", "Media messages carried.", ["transport", "direction"],
+            "gateway_frames_total",
+            "Media messages carried.",
+            ["transport", "direction"],
             registry=r,
         )
         self.malformed_input = Counter(
-            "gateway_malformed_input_total", "Carrier input that could not be understood.",
-            ["transport", "reason"], registry=r,
+            "gateway_malformed_input_total",
+            "Carrier input that could not be understood.",
+            ["transport", "reason"],
+            registry=r,
         )
         self.ignored_input = Counter(
-            "gateway_ignored_input_total", "Carrier input understood and deliberately dropped.",
-            ["transport", "reason"], registry=r,
+            "gateway_ignored_input_total",
+            "Carrier input understood and deliberately dropped.",
+            ["transport", "reason"],
+            registry=r,
         )
         self.draining = Gauge(
             "gateway_draining", "1 while the process drains after SIGTERM.", registry=r
         )
         # --- latency
         self.stage_latency = Histogram(
-            "gateway_stage_latency_seconds", "Latency of one pipeline stage.", ["stage"],
-            buckets=VOICE_LATENCY_BUCKETS, registry=r,
+            "gateway_stage_latency_seconds",
+            "Latency of one pipeline stage.",
+            ["stage"],
+            buckets=VOICE_LATENCY_BUCKETS,
+            registry=r,
         )
         # --- twilio
         self.signature_failures = Counter(
-            "gateway_twilio_signature_failures_total", "Twilio requests refused: bad signature.",
-            ["endpoint"], registry=r,
+            "gateway_twilio_signature_failures_total",
+            "Twilio requests refused: bad signature.",
+            ["endpoint"],
+            registry=r,
         )
         self.stream_callbacks = Counter(
-            "gateway_twilio_stream_callbacks_total", "Twilio stream status callbacks.",
-            ["event"], registry=r,
+            "gateway_twilio_stream_callbacks_total",
+            "Twilio stream status callbacks.",
+            ["event"],
+            registry=r,
         )
         self.carrier_api_errors = Counter(
-            "gateway_carrier_api_errors_total", "Failed carrier REST calls.",
-            ["transport", "operation"], registry=r,
+            "gateway_carrier_api_errors_total",
+            "Failed carrier REST calls.",
+            ["transport", "operation"],
+            registry=r,
         )
         # --- asterisk
         self.auth_failures = Counter(
-            "gateway_auth_failures_total", "Refused connections: bad credentials or source.",
-            ["transport"], registry=r,
+            "gateway_auth_failures_total",
+            "Refused connections: bad credentials or source.",
+            ["transport"],
+            registry=r,
         )
         # --- hamsa
         self.hamsa_connections = Counter(
-            "gateway_hamsa_connections_total", "Hamsa realtime connections by result.",
-            ["result"], registry=r,
+            "gateway_hamsa_connections_total",
+            "Hamsa realtime connections by result.",
+            ["result"],
+            registry=r,
         )
         self.hamsa_pool_idle = Gauge(
             "gateway_hamsa_pool_idle", "Warm idle Hamsa connections.", registry=r
@@ -103,11 +140,14 @@ class Metrics:
         )
         self.hamsa_short_responses = Counter(
             "gateway_hamsa_short_responses_total",
-            "TTS responses with implausibly short audio (the 640-byte failure).", registry=r,
+            "TTS responses with implausibly short audio (the 640-byte failure).",
+            registry=r,
         )
         self.hamsa_rest_fallbacks = Counter(
-            "gateway_hamsa_rest_fallbacks_total", "Requests served by the REST fallback.",
-            ["operation"], registry=r,
+            "gateway_hamsa_rest_fallbacks_total",
+            "Requests served by the REST fallback.",
+            ["operation"],
+            registry=r,
         )
         self.hamsa_circuit_open = Gauge(
             "gateway_hamsa_circuit_open", "1 while the Hamsa circuit breaker is open.", registry=r
@@ -120,16 +160,20 @@ class Metrics:
             "gateway_turns_total", "Conversation turns by outcome.", ["outcome"], registry=r
         )
         self.interruptions = Counter(
-            "gateway_interruptions_total", "Barge-ins: caller spoke over the agent.",
-            ["transport"], registry=r,
+            "gateway_interruptions_total",
+            "Barge-ins: caller spoke over the agent.",
+            ["transport"],
+            registry=r,
         )
         self.call_record_failures = Counter(
-            "gateway_call_record_failures_total", "Call records that could not be written.",
+            "gateway_call_record_failures_total",
+            "Call records that could not be written.",
             registry=r,
         )
         self.tasks_leaked = Counter(
             "gateway_call_tasks_leaked_total",
-            "Tasks still running after a call ended (must stay 0).", registry=r,
+            "Tasks still running after a call ended (must stay 0).",
+            registry=r,
         )
 
     def observe_stage(self, stage: str, seconds: float) -> None:

@@ -32,13 +32,17 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
     await site.start()
     log.info(
         "gateway listening on %s:%d (public %s), agent=%s, max calls %d",
-        settings.host, settings.port, settings.public_base, settings.agent.value,
+        settings.host,
+        settings.port,
+        settings.public_base,
+        settings.agent.value,
         settings.max_calls,
     )
     if not settings.twilio_auth_token:
         if settings.twilio_allow_unsigned:
-            log.warning("TWILIO_ALLOW_UNSIGNED=true: Twilio signatures are NOT checked "
-                        "(development only)")
+            log.warning(
+                "TWILIO_ALLOW_UNSIGNED=true: Twilio signatures are NOT checked (development only)"
+            )
         else:
             log.warning("TWILIO_AUTH_TOKEN is not set: Twilio requests will be refused (403)")
     stop = asyncio.Event()

@@ -16,6 +16,8 @@ import logging
 from aiohttp import web
 from multidict import MultiDictProxy
 
+FormValue = str | bytes | bytearray | web.FileField
+
 from gateway.calls import CallSession
 from gateway.config import BusyMode, Settings
 from gateway.server import keys
@@ -36,7 +38,7 @@ SIGNATURE_HEADER = "X-Twilio-Signature"
 _STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
 
 
-def _form_params(form: MultiDictProxy[str | bytes | web.FileField]) -> dict[str, list[str]]:
+def _form_params(form: MultiDictProxy[FormValue]) -> dict[str, list[str]]:
     params: dict[str, list[str]] = {}
     for name, value in form.items():
         if isinstance(value, str):
@@ -44,9 +46,7 @@ def _form_params(form: MultiDictProxy[str | bytes | web.FileField]) -> dict[str,
     return params
 
 
-def _is_signed(
-    request: web.Request, url: str, params: dict[str, list[str]], endpoint: str
-) -> bool:
+def _is_signed(request: web.Request, url: str, params: dict[str, list[str]], endpoint: str) -> bool:
     """Check X-Twilio-Signature; count and log a refusal."""
     settings = request.app[keys.SETTINGS]
     if settings.twilio_auth_token:
@@ -82,7 +82,9 @@ async def voice(request: web.Request) -> web.Response:
         log.warning("turning call %s away: %s", params.get("CallSid", ["?"])[0], refusal)
         return web.Response(text=_busy_twiml(settings), content_type="text/xml")
     # Twilio rejects query strings on the stream URL (error 31920): values go in <Parameter>s.
-    parameters = [(name, params[name][0]) for name in ("From", "To", "CallSid") if name in params]
+    parameters: list[tuple[str, str]] = [
+        (name, params[name][0]) for name in ("From", "To", "CallSid") if name in params
+    ]
     parameters.extend(settings.twilio_stream_parameters)
     body = twiml.connect_stream(
         settings.public_ws_base + MEDIA_PATH,

@@ -48,7 +48,11 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
+
+# How long a cancelled handler waits for its call's cleanup (REST hang-up has a 5 s timeout).
+_CLEANUP_GRACE_SECONDS = 15.0
 
 
 class MediaProtocol(Protocol):
@@ -107,7 +111,42 @@ async def drive_websocket(
     make_conversation: ConversationFactory,
     on_call_end: Callable[[CallSession], Awaitable[None]] | None = None,
 ) -> None:
-    """Run one media WebSocket until the call ends. Never raises for call-level problems."""
+    """Run one media WebSocket until the call ends. Never raises for call-level problems.
+
+    The call runs in its own task: aiohttp may cancel the request handler when the carrier's
+    connection drops, and the call's cleanup (cancel its tasks, carrier REST hang-up, metrics)
+    must still run to the end, so the handler waits for it rather than abandoning it.
+    """
+    task = asyncio.get_running_loop().create_task(
+        _drive(
+            ws,
+            protocol,
+            config=config,
+            registry=registry,
+            metrics=metrics,
+            make_conversation=make_conversation,
+            on_call_end=on_call_end,
+        ),
+        name=f"media-socket:{config.transport.value}",
+    )
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait({task}, timeout=_CLEANUP_GRACE_SECONDS)
+        raise
+
+
+async def _drive(
+    ws: web.WebSocketResponse,
+    protocol: MediaProtocol,
+    *,
+    config: DriverConfig,
+    registry: CallRegistry,
+    metrics: Metrics,
+    make_conversation: ConversationFactory,
+    on_call_end: Callable[[CallSession], Awaitable[None]] | None,
+) -> None:
     transport = config.transport
     bad = _BadInputLog(metrics, transport)
     frames_out = metrics.frames.labels(transport.value, "out")
@@ -184,43 +223,47 @@ async def drive_websocket(
         started.audio_format.sample_rate,
     )
     try:
-        conversation = make_conversation(session)
+        try:
+            conversation = make_conversation(session)
+        except Exception:
+            log.exception("could not set up the call's conversation")
+            session.outcome = "error"
+            close_code[0] = CLOSE_INTERNAL_ERROR
+            return
         session.start(conversation)
         on_event = conversation.on_event
         frames_in = metrics.frames.labels(transport.value, "in")
-        try:
-            async with asyncio.timeout(config.max_call_seconds):
-                async for msg in ws:
-                    events = _decode(msg, protocol, bad)
-                    if events is None:
+        session.spawn(_max_duration(session, config.max_call_seconds), "max_duration")
+        ending = False
+        async for msg in ws:
+            events = _decode(msg, protocol, bad)
+            if events is None:
+                break
+            for event in events:
+                if type(event) is CallerAudio:  # the hot path first
+                    frames_in.inc()
+                    on_event(event)
+                elif isinstance(event, Malformed):
+                    bad.malformed(event)
+                    if event.fatal:
+                        session.outcome = "error"
+                        close_code[0] = event.close_code
+                        await ws.close(code=event.close_code, message=event.reason.encode())
+                        ending = True
                         break
-                    for event in events:
-                        if type(event) is CallerAudio:  # the hot path first
-                            frames_in.inc()
-                            on_event(event)
-                        elif isinstance(event, Malformed):
-                            bad.malformed(event)
-                            if event.fatal:
-                                session.outcome = "error"
-                                close_code[0] = event.close_code
-                                await ws.close(
-                                    code=event.close_code, message=event.reason.encode()
-                                )
-                                break
-                        elif isinstance(event, Ignored):
-                            bad.ignored(event)
-                        elif isinstance(event, CallEnded):
-                            on_event(event)
-                            await ws.close(code=CLOSE_NORMAL)
-                            break
-                        elif isinstance(event, CallStarted):
-                            bad.malformed(Malformed("second_start", "call already started"))
-                        else:
-                            on_event(event)
-        except TimeoutError:
-            log.info("maximum call duration (%.0f s) reached", config.max_call_seconds)
-            session.outcome = "max_duration"
-            session.hangup("max_duration")
+                elif isinstance(event, Ignored):
+                    bad.ignored(event)
+                elif isinstance(event, CallEnded):
+                    on_event(event)
+                    await ws.close(code=CLOSE_NORMAL)
+                    ending = True
+                    break
+                elif isinstance(event, CallStarted):
+                    bad.malformed(Malformed("second_start", "call already started"))
+                else:
+                    on_event(event)
+            if ending:
+                break
     finally:
         try:
             await session.aclose()
@@ -240,6 +283,13 @@ async def drive_websocket(
                 "call ended: outcome=%s duration=%.1fs", session.outcome, session.duration_seconds
             )
             call_id_var.reset(token)
+
+
+async def _max_duration(session: CallSession, seconds: float) -> None:
+    """Hang up when the call reaches its maximum duration (a task the call owns)."""
+    await asyncio.sleep(seconds)
+    log.info("maximum call duration (%.0f s) reached", seconds)
+    session.hangup("max_duration", outcome="max_duration")
 
 
 async def _close_after_send(
@@ -262,7 +312,8 @@ def _decode(
     if kind is aiohttp.WSMsgType.ERROR:
         exc = msg.data
         if isinstance(exc, aiohttp.WebSocketError) and exc.code == CLOSE_TOO_BIG:
-            bad.malformed(Malformed("message_too_large", str(exc), fatal=True,
-                                    close_code=CLOSE_TOO_BIG))
+            bad.malformed(
+                Malformed("message_too_large", str(exc), fatal=True, close_code=CLOSE_TOO_BIG)
+            )
         return None
     return None  # CLOSE, CLOSING, CLOSED

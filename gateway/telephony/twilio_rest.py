@@ -41,7 +41,7 @@ async def update_call(
         async with http.post(
             url,
             data=form,
-            auth=aiohttp.BasicAuth(account_sid, auth_token),
+            headers={"Authorization": aiohttp.BasicAuth(account_sid, auth_token).encode()},
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
             if response.status < 300:
@@ -64,6 +64,10 @@ async def hang_up(
 ) -> bool:
     """End an in-progress call (``Status=completed``); False if it had already ended."""
     return await update_call(
-        http, base_url=base_url, account_sid=account_sid, auth_token=auth_token,
-        call_sid=call_sid, form={"Status": "completed"},
+        http,
+        base_url=base_url,
+        account_sid=account_sid,
+        auth_token=auth_token,
+        call_sid=call_sid,
+        form={"Status": "completed"},
     )

@@ -15,7 +15,6 @@ from gateway.server.app import create_app
 from tests.conftest import TIMEOUT, make_settings
 
 
-
 async def test_healthz_is_alive(aiohttp_client) -> None:  # type: ignore[no-untyped-def]
     client: TestClient = await aiohttp_client(create_app(make_settings()))
     response = await client.get("/healthz")
@@ -72,7 +71,8 @@ async def test_metrics_endpoint_parses_with_prometheus_parser(aiohttp_client) ->
     ):
         assert name in families, name
     stt = [
-        s for s in families["gateway_stage_latency_seconds"].samples
+        s
+        for s in families["gateway_stage_latency_seconds"].samples
         if s.name.endswith("_count") and s.labels.get("stage") == "stt"
     ]
     assert stt and stt[0].value == 1.0
@@ -87,8 +87,11 @@ def test_metrics_pass_promtool_check() -> None:
 
         pytest.skip("promtool not installed (make test installs it)")
     result = subprocess.run(
-        [promtool, "check", "metrics"], input=_sample_metrics(), capture_output=True,
-        timeout=TIMEOUT, check=False,
+        [promtool, "check", "metrics"],
+        input=_sample_metrics(),
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
