@@ -16,8 +16,6 @@ import logging
 from aiohttp import web
 from multidict import MultiDictProxy
 
-FormValue = str | bytes | bytearray | web.FileField
-
 from gateway.calls import CallSession
 from gateway.config import BusyMode, Settings
 from gateway.server import keys
@@ -29,6 +27,8 @@ from gateway.telephony.twilio_rest import TwilioRestError, hang_up
 from gateway.telephony.twilio_signature import validate_signature
 
 log = logging.getLogger(__name__)
+
+FormValue = str | bytes | bytearray | web.FileField
 
 VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/stream-status"
