@@ -1,4 +1,4 @@
-"""`gateway serve` as a real subprocess: start-up, bad config, SIGTERM drain without dropping calls."""
+"""`gateway serve` as a subprocess: start-up, bad config, SIGTERM drain without dropping calls."""
 
 from __future__ import annotations
 
