@@ -32,27 +32,27 @@ confined to one message drops that message and keeps the call, because hanging u
 caller costs more than losing 20 ms of audio. Fatal outcomes carry the close code the glue
 should use (RFC 6455 §7.4.1).
 
-==========================  ====================================================  =====  =====
-reason                      when                                                  fatal  close
-==========================  ====================================================  =====  =====
-``message_too_large``       ``len(text) > max_message_bytes``, checked before     yes    1009
-                            parsing (Twilio's largest message, ``start``, is a
-                            few hundred bytes plus custom parameters)
-``binary_frame``            any binary frame (Twilio sends only TEXT frames)      yes    1003
-``unsupported_media_format``  ``start.mediaFormat`` is not μ-law 8 kHz mono       yes    1003
-``second_start``            a ``start`` after the stream started                  yes    1008
-``missing_field``           ``start`` lacks callSid, streamSid or mediaFormat     yes    1008
-``stream_mismatch``         ``start.streamSid`` differs from its top-level one    yes    1008
-``missing_field``           a ``media``/``dtmf``/``mark`` field is absent or of   no     -
-                            the wrong type (this token covers both)
-``stream_mismatch``         a later message names another streamSid               no     -
-``invalid_json``            not JSON                                              no     -
-``not_an_object``           JSON, but not an object                               no     -
-``media_before_start``      ``media``, ``dtmf`` or ``mark`` before ``start``      no     -
-``bad_base64``              ``media.payload`` is not strict base64                no     -
-``bad_payload_size``        decoded payload empty or over                         no     -
-                            :data:`MAX_INBOUND_PAYLOAD_BYTES`
-==========================  ====================================================  =====  =====
+============================  ====================================================  =====  =====
+reason                        when                                                  fatal  close
+============================  ====================================================  =====  =====
+``message_too_large``         ``len(text) > max_message_bytes``, checked before     yes    1009
+                              parsing (Twilio's largest message, ``start``, is a
+                              few hundred bytes plus custom parameters)
+``binary_frame``              any binary frame (Twilio sends only TEXT frames)      yes    1003
+``unsupported_media_format``  ``start.mediaFormat`` is not μ-law 8 kHz mono         yes    1003
+``second_start``              a ``start`` after the stream started                  yes    1008
+``missing_field``             ``start`` lacks callSid, streamSid or mediaFormat     yes    1008
+``stream_mismatch``           ``start.streamSid`` differs from its top-level one    yes    1008
+``missing_field``             a ``media``/``dtmf``/``mark`` field is absent or of   no     -
+                              the wrong type (this token covers both)
+``stream_mismatch``           a later message names another streamSid               no     -
+``invalid_json``              not JSON                                              no     -
+``not_an_object``             JSON, but not an object                               no     -
+``media_before_start``        ``media``, ``dtmf`` or ``mark`` before ``start``      no     -
+``bad_base64``                ``media.payload`` is not strict base64                no     -
+``bad_payload_size``          decoded payload empty or over                         no     -
+                              :data:`MAX_INBOUND_PAYLOAD_BYTES`
+============================  ====================================================  =====  =====
 
 ``message_too_large`` closes with 1009 ("message too big", RFC 6455 §7.4.1), the code made
 for exactly that case, rather than the generic 1008.
