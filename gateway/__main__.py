@@ -39,11 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (env HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="listen port (env PORT, default 8080)")
     serve.set_defaults(func=_serve)
+    load = sub.add_parser(
+        "loadtest", help="concurrent simulated calls against a gateway", add_help=False
+    )
+    load.set_defaults(func=lambda a: _delegate("gateway.sim.loadtest", "loadtest_main", a))
     return parser
 
 
+def _delegate(module: str, function: str, args: argparse.Namespace) -> int:
+    """Hand the remaining arguments to a tool's own parser."""
+    import importlib
+
+    entry = getattr(importlib.import_module(module), function)
+    return int(entry(list(args.rest)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command == "serve":
+        parser.error("unrecognized arguments: " + " ".join(rest))
+    args.rest = rest
     return int(args.func(args))
 
 

@@ -95,7 +95,7 @@ class TwilioCaller:
         self._closed = asyncio.Event()
         self._started_at = 0.0
         self.payload_sent_at: dict[bytes, float] = {}
-        self.echo_latencies: list[float] = []
+        self.echo_latencies: list[tuple[float, float]] = []  # (received at, latency)
         self.track_echo = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -256,9 +256,11 @@ class TwilioCaller:
             if self.stats.first_audio_received_at is None:
                 self.stats.first_audio_received_at = now
             if self.track_echo:
-                sent = self.payload_sent_at.pop(audio, None)
-                if sent is not None:
-                    self.echo_latencies.append(now - sent)
+                # The gateway may join several frames into one message: match each frame.
+                for offset in range(0, len(audio), FRAME_BYTES):
+                    sent = self.payload_sent_at.pop(audio[offset : offset + FRAME_BYTES], None)
+                    if sent is not None:
+                        self.echo_latencies.append((now, now - sent))
             start = max(now, self._play_until)
             self._play_until = start + len(audio) / 8000.0
             self.heard.append(HeardAudio(start, audio))

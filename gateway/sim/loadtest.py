@@ -1,0 +1,316 @@
+"""``gateway loadtest``: N concurrent simulated Twilio calls against a gateway, measured.
+
+Loopback only (it refuses any host outside 127.0.0.0/8 and ::1), bounded in call count and
+time. The gateway's CPU and memory are read from ``/proc/<pid>`` of the gateway process, so the
+figures hold on a noisy machine: CPU per call-second = (utime+stime delta) / (calls x seconds)
+over the steady-state window (after the ramp), RSS per call = (RSS at full load - RSS before
+the first call) / calls.
+
+Parrot mode (``AGENT=parrot``, ``PARROT_DELAY_MS=0``) measures the audio path: every caller
+frame carries unique bytes, and the time until the same bytes come back is the echo latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from gateway.sim.twilio_caller import FRAME_BYTES, FRAME_SECONDS, TwilioCaller
+
+MAX_CALLS = 1000
+MAX_DURATION_SECONDS = 600.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(slots=True)
+class LoadResult:
+    calls: int
+    duration_seconds: float
+    window_seconds: float
+    gateway_cpu_seconds: float
+    cpu_ms_per_call_second: float
+    calls_per_core: float
+    rss_before_mib: float
+    rss_loaded_mib: float
+    rss_per_call_kib: float
+    echo_latency_ms: dict[str, float] = field(default_factory=dict)
+    frames_sent: int = 0
+    frames_returned: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    machine: str = ""
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # Fields after the command: state(0) ... utime is field 14 -> index 11, stime index 12.
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _proc_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def machine_summary() -> str:
+    model = "unknown cpu"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores, {model}, Python {sys.version.split()[0]}"
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
+
+    return {
+        "p50": round(pick(0.50), 2),
+        "p95": round(pick(0.95), 2),
+        "p99": round(pick(0.99), 2),
+        "max": round(ordered[-1] * 1000.0, 2),
+        "mean": round(statistics.fmean(ordered) * 1000.0, 2),
+    }
+
+
+def _check_loopback(url: str) -> None:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise SystemExit(f"loadtest only targets loopback addresses, not {host!r}")
+
+
+async def _one_call(
+    http: aiohttp.ClientSession,
+    ws_url: str,
+    duration: float,
+    stop_at: float,
+    latencies: list[tuple[float, float]],
+    counts: dict[str, int],
+    errors: dict[str, int],
+) -> None:
+    call = TwilioCaller(http, ws_url)
+    call.track_echo = True
+    try:
+        await call.connect()
+        start = time.monotonic()
+        index = 0
+        end = min(start + duration, stop_at)
+        while True:
+            due = start + index * FRAME_SECONDS
+            if due >= end:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await call.send_frame(os.urandom(FRAME_BYTES))
+            index += 1
+        await asyncio.sleep(0.2)  # let the last echoes arrive
+        await call.stop()
+        with contextlib.suppress(TimeoutError):
+            await call.wait_closed(5.0)
+    except (aiohttp.ClientError, OSError) as exc:
+        errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+    finally:
+        await call.close()
+        latencies.extend(call.echo_latencies)
+        counts["sent"] += call.stats.media_sent
+        counts["returned"] += len(call.echo_latencies)
+
+
+async def run_load(
+    base_url: str, pid: int, calls: int, duration: float, ramp: float, progress: bool = True
+) -> LoadResult:
+    """Run ``calls`` parrot calls of ``duration`` seconds, ramped over ``ramp`` seconds."""
+    if not 1 <= calls <= MAX_CALLS:
+        raise SystemExit(f"--calls must be 1..{MAX_CALLS}")
+    if not 1 <= duration <= MAX_DURATION_SECONDS:
+        raise SystemExit(f"--duration must be 1..{MAX_DURATION_SECONDS:.0f} s")
+    _check_loopback(base_url)
+    ws_url = base_url.replace("http://", "ws://").rstrip("/") + "/twilio/media"
+    latencies: list[tuple[float, float]] = []
+    counts = {"sent": 0, "returned": 0}
+    errors: dict[str, int] = {}
+    rss_before = _proc_rss_mib(pid)
+    connector = aiohttp.TCPConnector(limit=0)
+    hard_stop = time.monotonic() + ramp + duration + 30.0
+    async with aiohttp.ClientSession(connector=connector) as http:
+        tasks: list[asyncio.Task[None]] = []
+        t0 = time.monotonic()
+        for i in range(calls):
+            delay = t0 + (ramp * i / calls) - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # Every call ends at the same moment, so the window after the ramp is full load.
+            remaining = t0 + ramp + duration - time.monotonic()
+            tasks.append(
+                asyncio.create_task(
+                    _one_call(http, ws_url, remaining, hard_stop, latencies, counts, errors)
+                )
+            )
+        # Steady-state window: all calls up, skip one second of settling.
+        await asyncio.sleep(max(0.0, t0 + ramp + 1.0 - time.monotonic()))
+        window_start = time.monotonic()
+        cpu_start = _proc_cpu_seconds(pid)
+        window_end_target = t0 + ramp + duration - 0.5
+        rss_loaded = 0.0
+        while time.monotonic() < window_end_target:
+            await asyncio.sleep(min(1.0, max(0.0, window_end_target - time.monotonic())))
+            rss_loaded = max(rss_loaded, _proc_rss_mib(pid))
+            if progress:
+                done = (time.monotonic() - window_start) / max(
+                    0.001, window_end_target - window_start
+                )
+                bar = "#" * int(30 * min(1.0, done))
+                print(f"\r[{bar:<30}] {calls} calls", end="", file=sys.stderr, flush=True)
+        cpu_end = _proc_cpu_seconds(pid)
+        window = time.monotonic() - window_start
+        window_end = time.monotonic()
+        await asyncio.gather(*tasks)
+        window_latencies = [lat for at, lat in latencies if window_start <= at <= window_end]
+    if progress:
+        print(file=sys.stderr)
+    cpu = cpu_end - cpu_start
+    per_call_second = cpu / (calls * window) if window > 0 else 0.0
+    return LoadResult(
+        calls=calls,
+        duration_seconds=round(duration, 1),
+        window_seconds=round(window, 2),
+        gateway_cpu_seconds=round(cpu, 3),
+        cpu_ms_per_call_second=round(per_call_second * 1000.0, 3),
+        calls_per_core=round(1.0 / per_call_second, 1) if per_call_second > 0 else 0.0,
+        rss_before_mib=round(rss_before, 1),
+        rss_loaded_mib=round(rss_loaded, 1),
+        rss_per_call_kib=round((rss_loaded - rss_before) * 1024.0 / calls, 1),
+        echo_latency_ms=_percentiles(window_latencies),
+        frames_sent=counts["sent"],
+        frames_returned=counts["returned"],
+        errors=errors,
+        machine=machine_summary(),
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _spawn_gateway(port: int, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "AGENT": "parrot",
+            "PARROT_DELAY_MS": "0",
+            "TWILIO_ALLOW_UNSIGNED": "true",
+            "LOG_LEVEL": "WARNING",
+            "MAX_CALLS": str(MAX_CALLS),
+        }
+    )
+    env.update(extra_env)
+    return subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env)
+
+
+async def _wait_healthy(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url + "/healthz") as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise SystemExit("gateway did not become healthy")
+
+
+def format_table(result: LoadResult) -> str:
+    rows = [
+        ("calls (concurrent)", f"{result.calls}"),
+        ("measured window", f"{result.window_seconds:.1f} s"),
+        ("gateway CPU per call-second", f"{result.cpu_ms_per_call_second:.2f} ms"),
+        ("calls per core", f"{result.calls_per_core:.0f}"),
+        ("RSS per call", f"{result.rss_per_call_kib:.0f} KiB"),
+        (
+            "echo latency p50/p95/p99",
+            "{p50}/{p95}/{p99} ms".format(
+                **{k: result.echo_latency_ms.get(k, float("nan")) for k in ("p50", "p95", "p99")}
+            ),
+        ),
+        ("frames sent / returned", f"{result.frames_sent} / {result.frames_returned}"),
+        ("errors", json.dumps(result.errors) if result.errors else "none"),
+        ("machine", result.machine),
+    ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def loadtest_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gateway loadtest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--url", help="gateway base URL (loopback); default: spawn one")
+    parser.add_argument("--pid", type=int, help="gateway process id (required with --url)")
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds at full load")
+    parser.add_argument("--ramp", type=float, default=5.0, help="seconds to start all calls")
+    parser.add_argument("--json", dest="json_path", help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    proc: subprocess.Popen[bytes] | None = None
+    if args.url:
+        if args.pid is None:
+            parser.error("--pid is required with --url (CPU is read from /proc/<pid>)")
+        url, pid = args.url.rstrip("/"), args.pid
+    else:
+        port = _free_port()
+        proc = _spawn_gateway(port, {})
+        url, pid = f"http://127.0.0.1:{port}", proc.pid
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run  # type: ignore[assignment]
+    try:
+        run(_wait_healthy(url, 20.0))
+        result = run(run_load(url, pid, args.calls, args.duration, args.ramp))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+    print(format_table(result))
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as f:
+            json.dump(asdict(result), f, indent=2)
+    return 0
