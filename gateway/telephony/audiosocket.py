@@ -1,0 +1,282 @@
+"""Sans-I/O Asterisk AudioSocket framing (any Asterisk 18+, FreePBX).
+
+Asterisk connects to the gateway over TCP and both sides exchange TLV messages
+``[kind: u8][length: u16 big-endian][payload]`` (``include/asterisk/res_audiosocket.h``;
+``shared/protocols/asterisk.md`` §3 and §7). Kinds: 0x00 hang-up, 0x01 UUID (16 raw bytes,
+always first), 0x03 DTMF (one ASCII byte), 0x10..0x18 signed 16-bit little-endian PCM at
+8/12/16/24/32/44.1/48/96/192 kHz, 0xFF error. Asterisk never sends 0x00 (it just closes
+TCP, so EOF is the hang-up) and treats anything from us other than 0x00 or audio, or audio
+of length 0, as a fatal protocol error. It neither buffers nor paces what we send: see
+:mod:`gateway.telephony.pacing`.
+
+When the call starts
+--------------------
+The UUID arrives first but says nothing about the audio rate; the first audio message does
+(0x10 for the ``AudioSocket()`` application, which forces slin 8 kHz; ``c(slin16)`` on the
+channel driver gives 0x12). In every real transcript the first audio follows the UUID
+within 0.1-1 ms, so :class:`CallStarted` is emitted **on the first audio message**, with
+that message's rate: the session never has to handle a format change. DTMF arriving before
+it is held and delivered right after :class:`CallStarted`. If no audio ever comes (a
+channel with no media), the glue calls :meth:`AudioSocketProtocol.start_default` after a
+short timeout to start the call at 8 kHz (the only rate the ``AudioSocket()`` app uses).
+
+The parser is robust to packets split anywhere: partial headers and payloads are carried
+to the next :meth:`~AudioSocketProtocol.receive_data` call.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from typing import Final
+
+from gateway.telephony.events import (
+    PCM16_8K,
+    AudioFormat,
+    CallEnded,
+    CallerAudio,
+    CallStarted,
+    Dtmf,
+    Encoding,
+    Hangup,
+    InboundEvent,
+    Malformed,
+    OutboundEvent,
+    PlayAudio,
+    Transport,
+)
+
+KIND_HANGUP: Final = 0x00
+KIND_UUID: Final = 0x01
+KIND_DTMF: Final = 0x03
+KIND_SLIN8: Final = 0x10
+KIND_ERROR: Final = 0xFF
+# res_audiosocket.h: 0x11 is slin12 and 0x12 slin16 (an old docs PR said 0x11 = slin16;
+# the merged code wins).
+AUDIO_KIND_RATES: Final = {
+    0x10: 8000,
+    0x11: 12000,
+    0x12: 16000,
+    0x13: 24000,
+    0x14: 32000,
+    0x15: 44100,
+    0x16: 48000,
+    0x17: 96000,
+    0x18: 192000,
+}
+KIND_FOR_RATE: Final = {rate: kind for kind, rate in AUDIO_KIND_RATES.items()}
+HEADER: Final = struct.Struct(">BH")
+HANGUP_PACKET: Final = b"\x00\x00\x00"
+FRAME_MS: Final = 20
+# 20 ms of slin192 is 7680 B; anything far above a few frames means a desynchronised stream.
+DEFAULT_MAX_PAYLOAD: Final = 16384
+VALID_DTMF: Final = frozenset(b"0123456789*#ABCD")
+# What Asterisk accepts from us: hang-up or audio (never 0x01, 0x03, 0xFF).
+_SENDABLE_KINDS: Final = frozenset({KIND_HANGUP, *AUDIO_KIND_RATES})
+
+
+class AudioSocketProtocol:
+    """One AudioSocket connection: bytes in -> events; events -> bytes.
+
+    ``max_payload_bytes`` bounds one message; a longer declared length is a fatal
+    ``oversized_frame`` (the stream is desynchronised or hostile). ``default_format`` is the
+    format used by :meth:`start_default` and for sending before any audio arrived.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+        default_format: AudioFormat = PCM16_8K,
+    ) -> None:
+        if default_format.encoding is not Encoding.PCM16:
+            raise ValueError("AudioSocket carries PCM16 only")
+        if default_format.sample_rate not in KIND_FOR_RATE:
+            raise ValueError(f"no AudioSocket kind for {default_format.sample_rate} Hz")
+        self._max_payload = max_payload_bytes
+        self._default_format = default_format
+        self._buf = bytearray()
+        self.call_id = ""
+        self.audio_format: AudioFormat | None = None
+        self._kind = KIND_FOR_RATE[default_format.sample_rate]
+        self._uuid_seen = False
+        self._started = False
+        self._ended = False  # CallEnded returned, or a fatal Malformed
+        self._pending: list[InboundEvent] = []  # DTMF before CallStarted
+        self._silence_payload: bytes | None = None
+        self._silence_packet = b""
+        self._silence_kind = -1
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @property
+    def send_format(self) -> AudioFormat:
+        """The format :meth:`frame` sends: the call's, or the default before it is known."""
+        return self.audio_format or self._default_format
+
+    # ------------------------------------------------------------------ inbound
+
+    def receive_data(self, data: bytes) -> list[InboundEvent]:
+        """Feed bytes as they arrived from TCP (any split); return the complete events."""
+        events: list[InboundEvent] = []
+        if self._ended or not data:
+            return events
+        if self._buf:
+            self._buf += data
+            src: bytes | bytearray = self._buf
+        else:
+            src = data
+        size = len(src)
+        offset = 0
+        while size - offset >= 3 and not self._ended:
+            kind, length = HEADER.unpack_from(src, offset)
+            if length > self._max_payload:
+                self._ended = True
+                events.append(
+                    Malformed("oversized_frame", f"kind 0x{kind:02x} length {length}", True)
+                )
+                break
+            end = offset + 3 + length
+            if end > size:
+                break  # wait for the rest of the payload
+            self._handle(kind, bytes(src[offset + 3 : end]), events)
+            offset = end
+        if self._ended:
+            self._buf = bytearray()
+        elif src is self._buf:
+            del self._buf[:offset]
+        elif offset < size:
+            self._buf = bytearray(src[offset:])
+        return events
+
+    def start_default(self) -> list[InboundEvent]:
+        """Start the call in ``default_format`` if the UUID came but no audio yet.
+
+        For the glue's "no audio after N ms" timeout; returns ``[]`` if there is no UUID yet
+        or the call already started.
+        """
+        if not self._uuid_seen or self._started or self._ended:
+            return []
+        events: list[InboundEvent] = []
+        self._start(self._default_format, events)
+        return events
+
+    def eof(self) -> list[InboundEvent]:
+        """TCP EOF: Asterisk hung up (it never sends 0x00). A cut-off message is reported."""
+        if self._ended:
+            return []
+        self._ended = True
+        events: list[InboundEvent] = []
+        if self._buf:
+            events.append(Malformed("truncated_frame", f"{len(self._buf)} bytes at EOF"))
+            self._buf = bytearray()
+        events.append(CallEnded("remote_hangup"))
+        return events
+
+    # ------------------------------------------------------------------ outbound
+
+    def send(self, event: OutboundEvent) -> bytes:
+        """Wire bytes for an outbound event.
+
+        :class:`PlayAudio` becomes back-to-back 20 ms audio messages, **unpaced**: Asterisk
+        plays whatever arrives at once, so real playout goes through
+        :class:`gateway.telephony.pacing.OutboundAudio` and :meth:`frame`, one per tick.
+        :class:`Hangup` is ``00 00 00``. Marks and clears have no wire form here (no
+        carrier-side buffer): the playout queue handles them, so they return ``b""``.
+        """
+        if isinstance(event, Hangup):
+            return HANGUP_PACKET
+        if isinstance(event, PlayAudio) and event.audio:
+            step = self.send_format.frame_bytes(FRAME_MS)
+            audio = event.audio
+            return b"".join(self.frame(audio[i : i + step]) for i in range(0, len(audio), step))
+        return b""
+
+    def frame(self, audio: bytes) -> bytes:
+        """One audio message of the call's kind (normally one 20 ms frame, from the pacer).
+
+        If ``audio`` is the very object registered with :meth:`use_silence`, a cached packet
+        is returned, so idle ticks allocate nothing.
+        """
+        if audio is self._silence_payload:
+            if self._silence_kind != self._kind:
+                self._silence_packet = self._pack(self._kind, audio)
+                self._silence_kind = self._kind
+            return self._silence_packet
+        return self._pack(self._kind, audio)
+
+    def use_silence(self, payload: bytes) -> None:
+        """Register the playout queue's shared silence frame for packet caching."""
+        self._silence_payload = payload
+        self._silence_packet = self._pack(self._kind, payload)
+        self._silence_kind = self._kind
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _pack(kind: int, payload: bytes) -> bytes:
+        if kind not in _SENDABLE_KINDS:
+            # Asterisk ends the call on any other kind from the server.
+            raise ValueError(f"AudioSocket kind 0x{kind:02x} must never be sent")
+        if kind != KIND_HANGUP and not 0 < len(payload) <= 0xFFFF:
+            raise ValueError(f"audio payload of {len(payload)} bytes (must be 1..65535)")
+        return HEADER.pack(kind, len(payload)) + payload
+
+    def _start(self, audio_format: AudioFormat, events: list[InboundEvent]) -> None:
+        self._started = True
+        self.audio_format = audio_format
+        self._kind = KIND_FOR_RATE[audio_format.sample_rate]
+        events.append(CallStarted(self.call_id, Transport.AUDIOSOCKET, audio_format))
+        events.extend(self._pending)
+        self._pending.clear()
+
+    def _handle(self, kind: int, payload: bytes, events: list[InboundEvent]) -> None:
+        if not self._uuid_seen:
+            if kind != KIND_UUID or len(payload) != 16:
+                self._ended = True
+                reason = "missing_uuid" if kind != KIND_UUID else "bad_uuid"
+                events.append(Malformed(reason, f"first kind 0x{kind:02x}", fatal=True))
+                return
+            self._uuid_seen = True
+            self.call_id = str(uuid.UUID(bytes=payload))
+            return
+        rate = AUDIO_KIND_RATES.get(kind)
+        if rate is not None:
+            if not payload:
+                events.append(Malformed("empty_audio"))
+                return
+            if len(payload) & 1:
+                events.append(Malformed("partial_sample", f"{len(payload)} bytes of PCM16"))
+                return
+            if not self._started:
+                self._start(AudioFormat(Encoding.PCM16, rate), events)
+            elif kind != self._kind:
+                events.append(Malformed("format_change", f"kind 0x{kind:02x}"))
+                return
+            events.append(CallerAudio(payload))
+        elif kind == KIND_DTMF:
+            if len(payload) != 1 or payload[0] not in VALID_DTMF:
+                events.append(Malformed("bad_dtmf", payload[:4].hex()))
+                return
+            dtmf = Dtmf(chr(payload[0]))
+            if self._started:
+                events.append(dtmf)
+            else:
+                self._pending.append(dtmf)
+        elif kind == KIND_HANGUP:
+            self._ended = True
+            events.append(CallEnded("remote_hangup"))
+        elif kind == KIND_ERROR:
+            # Defined but never sent by Asterisk; if it comes, the peer gave up on the call.
+            self._ended = True
+            events.append(CallEnded("remote_error"))
+        elif kind == KIND_UUID:
+            events.append(Malformed("duplicate_uuid"))
+        else:
+            events.append(Malformed("unknown_kind", f"0x{kind:02x}"))
