@@ -57,7 +57,8 @@ class SentenceSplitter:
             raise ValueError("need 1 <= min_chars <= max_chars")
         self._min = min_chars
         self._max = max_chars
-        self._clause_chars = max(min_chars, max_chars // 2 if clause_chars is None else clause_chars)
+        clause = max_chars // 2 if clause_chars is None else clause_chars
+        self._clause_chars = max(min_chars, clause)
         self._pending = ""
 
     def push(self, delta: str) -> list[str]:

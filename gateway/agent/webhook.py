@@ -31,7 +31,7 @@ glue (:func:`stream_reply`) owns the HTTP request and the two deadlines.
 from __future__ import annotations
 
 import asyncio
-import codecs
+import encodings.utf_8
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -60,9 +60,7 @@ ERROR_KINDS: Final[tuple[ErrorKind, ...]] = (
 
 MAX_REPLY_BYTES: Final = 1 << 20  # a spoken reply is a few KB; more is a broken agent
 _ACCEPT: Final = "application/x-ndjson, text/event-stream, application/json, text/plain"
-_N8N_TYPES: Final = frozenset(
-    {"begin", "item", "end", "error", "tool-call-start", "tool-call-end"}
-)
+_N8N_TYPES: Final = frozenset({"begin", "item", "end", "error", "tool-call-start", "tool-call-end"})
 _TEXT_KEYS: Final = ("output", "reply", "text")
 _SSE_FIELDS: Final = (b"data:", b"event:", b"id:", b"retry:", b":")
 
@@ -347,7 +345,7 @@ class ReplyParser:
         self._done = False  # SSE [DONE] seen: the rest is ignored
         self._sse_data: list[bytes] = []
         self._text_pending = b""  # bytes buffered while sniffing, once the form is text
-        self._text_decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._text_decoder = encodings.utf_8.IncrementalDecoder("strict")
 
     # -- public
 
@@ -397,10 +395,10 @@ class ReplyParser:
             return self._set("json")
         if head[:1] == b"<":
             raise AgentError("malformed", "HTML or XML body")
-        if not final and len(head) < 6 and b"\n" not in head:
-            # Could still become "data:" / "event:"; wait for a few bytes more.
-            if any(f.startswith(head) for f in _SSE_FIELDS):
-                return False
+        # A short head could still become "data:" / "event:": wait for a few bytes more.
+        short = not final and len(head) < 6 and b"\n" not in head
+        if short and any(f.startswith(head) for f in _SSE_FIELDS):
+            return False
         if head.startswith(_SSE_FIELDS):
             return self._set("sse")
         self._set("text")
@@ -472,9 +470,13 @@ class ReplyParser:
             obj = _loads(stripped)
             if isinstance(obj, dict | list):
                 return self._final_answer(obj)
-        if self._deltas and node is not None and node != self._delta_node:
-            if _squash(content) == _squash("".join(self._deltas)):
-                return []  # another node repeating the whole reply as plain text
+        if (
+            self._deltas
+            and node is not None
+            and node != self._delta_node
+            and _squash(content) == _squash("".join(self._deltas))
+        ):
+            return []  # another node repeating the whole reply as plain text
         if not self._deltas:
             self._delta_node = node
         self._deltas.append(content)
