@@ -17,6 +17,9 @@ SAMPLE_RATE_22K05: Final = 22050
 """Rate one third-party Hamsa TTS plugin assumes (hamsa.md §2.3); accepted as an input rate."""
 
 SAMPLE_RATE_24K: Final = 24000
+SAMPLE_RATE_44K1: Final = 44100
+"""CD / common audio file rate; accepted as an input rate (greetings, hold music)."""
+
 SAMPLE_RATE_48K: Final = 48000
 
 FRAME_MS: Final = 20
