@@ -58,7 +58,7 @@ def synthetic_speech(text: str, ms_per_char: float = DEFAULT_MS_PER_CHAR) -> byt
     noise = rng.normal(0.0, 0.02, n)  # a little breath
     signal = (voice * 0.25 + noise) * envelope
     pcm = np.clip(signal * 32767 * 0.8, -32768, 32767).astype("<i2")
-    return pcm.tobytes()
+    return bytes(pcm.tobytes())
 
 
 class SpeechSynth:
@@ -137,7 +137,11 @@ class SpeechSynth:
     async def _espeak(self, exe: str, text: str) -> bytes | None:
         try:
             proc = await asyncio.create_subprocess_exec(
-                exe, "-v", self._voice, "--stdout", text,
+                exe,
+                "-v",
+                self._voice,
+                "--stdout",
+                text,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,

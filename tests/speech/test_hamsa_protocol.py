@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import struct
+from collections.abc import Sequence
 
 import pytest
 
@@ -45,9 +47,7 @@ def streamed_riff_header(sample_rate: int = 16000, width: int = 2) -> bytes:
         + struct.pack("<I", 0xFFFFFFFF)
         + b"WAVE"
         + b"fmt "
-        + struct.pack(
-            "<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * width, width, width * 8
-        )
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * width, width, width * 8)
         + b"data"
         + struct.pack("<I", 0xFFFFFFFF)
     )
@@ -73,7 +73,7 @@ def tts_proto(mulaw: bool = False) -> HamsaProtocol:
     return proto
 
 
-def collect_audio(events: list[object]) -> bytes:
+def collect_audio(events: Sequence[object]) -> bytes:
     return b"".join(e.audio for e in events if isinstance(e, TtsAudio))
 
 
@@ -142,7 +142,7 @@ def test_tts_stream_riff_header_split_across_frames_and_odd_bytes() -> None:
     cuts = [0, 5, 30, 47, 300, 301, len(stream)]
     proto = tts_proto()
     events: list[object] = list(proto.receive_text(ACK))
-    for a, b in zip(cuts, cuts[1:], strict=False):
+    for a, b in itertools.pairwise(cuts):
         got = proto.receive_bytes(stream[a:b])
         for event in got:
             assert isinstance(event, TtsAudio)
@@ -266,7 +266,11 @@ def test_binary_without_request_is_ignored() -> None:
         ("Voice not owned by user", ErrorKind.AUTH, True),
         ("aborted", ErrorKind.ABORTED, False),
         ("Only WAV files are supported", ErrorKind.BAD_REQUEST, False),
-        ("Error generating transcription: Audio format not supported", ErrorKind.BAD_REQUEST, False),
+        (
+            "Error generating transcription: Audio format not supported",
+            ErrorKind.BAD_REQUEST,
+            False,
+        ),
         ("boom", ErrorKind.SERVER, False),
     ],
 )

@@ -1,0 +1,182 @@
+"""The Hamsa speech service: one per process, for the app's ``cleanup_ctx``.
+
+:class:`HamsaService` owns the warm pool, the REST fallback client and the failure gate
+shared by every call, and hands out a :class:`~gateway.speech.hamsa.session.HamsaSession`
+per call. When no ``HAMSA_API_KEY`` is set it starts the embedded simulator on 127.0.0.1 and
+says so loudly, in the log and in :meth:`HamsaService.status` (for ``/readyz``).
+
+Usage::
+
+    async def hamsa_ctx(app):
+        async with HamsaService(settings, metrics, http=app[HTTP]) as service:
+            app[HAMSA] = service
+            yield
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.speech.hamsa.client import Backoff, Endpoint, HamsaConnection
+from gateway.speech.hamsa.pool import HamsaPool
+from gateway.speech.hamsa.rest import HamsaRest
+from gateway.speech.hamsa.session import FallbackGate, HamsaSession
+
+log = logging.getLogger(__name__)
+
+SIMULATOR_KEY = "simulator"  # the embedded simulator accepts any key
+
+
+class HamsaService:
+    """Process-wide Hamsa speech. ``start`` / ``aclose`` (or ``async with``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        http: aiohttp.ClientSession | None = None,
+        *,
+        max_connecting: int = 8,
+        pool_check_interval: float = 1.0,
+        probe_interval: float = 10.0,
+        sim_config: Any = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._http = http
+        self._own_http = False
+        self._max_connecting = max_connecting
+        self._check_interval = pool_check_interval
+        self._sim_config = sim_config
+        self._sleep = sleep
+        self._rng = rng
+        self._clock = clock
+        self.gate = FallbackGate(settings.hamsa_rest_fallback_after, probe_interval, clock)
+        self._sim_runner: web.AppRunner | None = None
+        self._pool: HamsaPool | None = None
+        self._rest: HamsaRest | None = None
+        self.base_url = settings.hamsa_base_url
+        self._settings_in_use = settings
+
+    def __repr__(self) -> str:
+        return f"<HamsaService {self.base_url} simulator={self.simulated}>"
+
+    @property
+    def simulated(self) -> bool:
+        return self._settings.uses_hamsa_simulator
+
+    @property
+    def pool(self) -> HamsaPool:
+        if self._pool is None:
+            raise RuntimeError("HamsaService.start() was not called")
+        return self._pool
+
+    async def start(self) -> None:
+        settings = self._settings
+        if self.simulated:
+            await self._start_simulator()
+            settings = replace(settings, hamsa_api_key=SIMULATOR_KEY, hamsa_base_url=self.base_url)
+        endpoint = Endpoint.from_settings(settings)
+        timeout = settings.hamsa_connect_timeout
+        clock = self._clock
+
+        async def connect() -> HamsaConnection:
+            return await HamsaConnection.open(endpoint, timeout, clock)
+
+        self._pool = HamsaPool(
+            connect,
+            self._metrics,
+            min_idle=settings.hamsa_pool_min_idle,
+            max_age=settings.hamsa_pool_max_age,
+            max_connecting=self._max_connecting,
+            backoff=Backoff(initial=max(0.05, settings.hamsa_retry_delay / 2), maximum=30.0),
+            check_interval=self._check_interval,
+            clock=clock,
+            sleep=self._sleep,
+            rng=self._rng,
+        )
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+            self._own_http = True
+        self._rest = HamsaRest(
+            self._http,
+            settings.hamsa_base_url,
+            settings.hamsa_api_key,
+            speaker=settings.hamsa_speaker,
+            dialect=settings.hamsa_dialect,
+            language=settings.hamsa_language,
+        )
+        self._settings_in_use = settings
+        await self._pool.start()
+
+    async def _start_simulator(self) -> None:
+        from gateway.sim.hamsa_sim import SimConfig, create_sim_app
+
+        config = self._sim_config or SimConfig()
+        runner = web.AppRunner(create_sim_app(config), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._sim_runner = runner
+        port = runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        log.warning(
+            "NO HAMSA_API_KEY: speech is served by the embedded Hamsa SIMULATOR at %s "
+            "(synthetic voice, scripted transcripts). Set HAMSA_API_KEY for real speech.",
+            self.base_url,
+        )
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+        if self._own_http and self._http is not None:
+            await self._http.close()
+        if self._sim_runner is not None:
+            await self._sim_runner.cleanup()
+            self._sim_runner = None
+
+    async def __aenter__(self) -> HamsaService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def session(self, call_id: str) -> HamsaSession:
+        """A new per-call session (close it with ``aclose`` at hang-up)."""
+        return HamsaSession(
+            call_id,
+            self.pool,
+            self._settings_in_use,
+            self._metrics,
+            self.gate,
+            self._rest,
+            sleep=self._sleep,
+            rng=self._rng,
+            clock=self._clock,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """For ``/readyz``: backend (real or simulator), pool and circuit state."""
+        pool = self._pool.status() if self._pool is not None else {"circuit": "not started"}
+        return {
+            "backend": "simulator" if self.simulated else "hamsa",
+            "base_url": self.base_url,
+            "ready": self._pool is not None and not self._pool.circuit_open,
+            "rest_fallback": self.gate.failures >= self.gate.threshold,
+            **pool,
+        }
