@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import soxr
+
 from telecodecs.constants import FRAME_MS, SAMPLE_RATE_8K, SAMPLE_RATE_16K
 from telecodecs.framing import Reframer, frame_bytes_for
 from telecodecs.g711 import pcm16_to_ulaw, ulaw_to_pcm16

@@ -20,14 +20,14 @@ import time
 from dataclasses import replace
 
 from aiohttp import web
-from telecodecs.g711 import pcm16_to_ulaw
-from telecodecs.resample import StreamResampler
 
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.sim.hamsa_sim import SIM_STATE, SimConfig, create_sim_app
 from gateway.sim.speech_synth import synthetic_speech
 from gateway.speech.hamsa.service import HamsaService
+from telecodecs.g711 import pcm16_to_ulaw
+from telecodecs.resample import StreamResampler
 
 SENTENCES = (
     "أهلا وسهلا بك في خدمة العملاء، كيف يمكنني مساعدتك اليوم؟",

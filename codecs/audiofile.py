@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
 from telecodecs.constants import PCM16_WIDTH, SAMPLE_RATE_16K
 from telecodecs.g711 import alaw_to_pcm16, ulaw_to_pcm16
 from telecodecs.resample import resample

@@ -42,6 +42,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 import soxr
+
 from telecodecs.constants import (
     PCM16_WIDTH,
     SAMPLE_RATE_8K,

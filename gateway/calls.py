@@ -39,12 +39,15 @@ class Conversation(Protocol):
 
     ``on_event`` is called synchronously for every inbound event of the call (CallerAudio 50 times
     per second: keep it cheap, never block); ``run`` is the conversation's own long-running task,
-    started once when the call starts and cancelled when it ends.
+    started once when the call starts and cancelled when it ends; ``finish`` runs once after
+    the call's tasks are gone (records, goodbyes to backends) and must bound its own time.
     """
 
     def on_event(self, event: InboundEvent) -> None: ...
 
     async def run(self) -> None: ...
+
+    async def finish(self) -> None: ...
 
 
 class CallSession:

@@ -95,6 +95,16 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ),
     ("GREETING_TEXT", "", "spoken when a call starts (empty: ask the agent, or stay silent)"),
     ("PARROT_DELAY_MS", "500", "parrot mode: how long the caller's audio is held back"),
+    ("VAD_AGGRESSIVENESS", "2", "WebRTC VAD aggressiveness, 0 (lenient) to 3 (strict)"),
+    ("ENDPOINT_SILENCE_MS", "600", "trailing silence that ends a caller utterance"),
+    ("MIN_SPEECH_MS", "200", "shorter voiced sounds are dropped as noise"),
+    ("MAX_UTTERANCE_MS", "15000", "an utterance is cut (and sent to STT) after this long"),
+    ("BARGE_IN", "true", "caller speech during playout interrupts the agent"),
+    ("BARGE_IN_MIN_MS", "300", "sustained speech needed to interrupt (a cough does not)"),
+    ("REPROMPT_AFTER", "8", "seconds of caller silence before a re-prompt; 0 = never"),
+    ("REPROMPT_TEXT", "هل ما زلت معي؟ تفضل بالكلام من فضلك.", "the re-prompt"),
+    ("REPROMPT_MAX", "2", "re-prompts without an answer before hanging up"),
+    ("DTMF_TIMEOUT_MS", "1500", "digits pressed within this gap are sent to the agent together"),
     ("HAMSA_API_KEY", "", "Hamsa API key; empty runs the embedded Hamsa simulator"),
     (
         "HAMSA_BASE_URL",
@@ -105,6 +115,12 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ("HAMSA_SPEAKER", "Majd", "TTS speaker name or cloned-voice id"),
     ("HAMSA_DIALECT", "ksa", "TTS dialect code"),
     ("HAMSA_LANGUAGE", "ar", "language id for TTS and STT"),
+    (
+        "HAMSA_TTS_MULAW",
+        "false",
+        "ask Hamsa for μ-law 8 kHz TTS on μ-law calls (skips "
+        "transcoding; off by default: the PCM path resamples with a real anti-alias filter)",
+    ),
     ("HAMSA_POOL_MIN_IDLE", "2", "warm Hamsa connections kept ready"),
     ("HAMSA_POOL_MAX_AGE", "1800", "seconds after which an idle warm connection is recycled"),
     ("HAMSA_CONNECT_TIMEOUT", "10", "seconds to open a Hamsa socket"),
@@ -158,6 +174,16 @@ class Settings:
     agent_fallback_text: str = "عذرا، حدث خطأ. هل يمكنك الإعادة؟"
     greeting_text: str = ""
     parrot_delay_ms: int = 500
+    vad_aggressiveness: int = 2
+    endpoint_silence_ms: int = 600
+    min_speech_ms: int = 200
+    max_utterance_ms: int = 15000
+    barge_in: bool = True
+    barge_in_min_ms: int = 300
+    reprompt_after: float = 8.0
+    reprompt_text: str = "هل ما زلت معي؟ تفضل بالكلام من فضلك."
+    reprompt_max: int = 2
+    dtmf_timeout_ms: int = 1500
 
     hamsa_api_key: str = field(default="", repr=False)
     hamsa_base_url: str = "https://api.tryhamsa.com"
@@ -165,6 +191,7 @@ class Settings:
     hamsa_speaker: str = "Majd"
     hamsa_dialect: str = "ksa"
     hamsa_language: str = "ar"
+    hamsa_tts_mulaw: bool = False
     hamsa_pool_min_idle: int = 2
     hamsa_pool_max_age: float = 1800.0
     hamsa_connect_timeout: float = 10.0
@@ -364,12 +391,23 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "agent_fallback_text": ("AGENT_FALLBACK_TEXT", _text),
     "greeting_text": ("GREETING_TEXT", _text),
     "parrot_delay_ms": ("PARROT_DELAY_MS", _int(0, 10_000)),
+    "vad_aggressiveness": ("VAD_AGGRESSIVENESS", _int(0, 3)),
+    "endpoint_silence_ms": ("ENDPOINT_SILENCE_MS", _int(100, 10_000)),
+    "min_speech_ms": ("MIN_SPEECH_MS", _int(20, 10_000)),
+    "max_utterance_ms": ("MAX_UTTERANCE_MS", _int(1000, 120_000)),
+    "barge_in": ("BARGE_IN", _bool),
+    "barge_in_min_ms": ("BARGE_IN_MIN_MS", _int(20, 10_000)),
+    "reprompt_after": ("REPROMPT_AFTER", _float(0, 3600)),
+    "reprompt_text": ("REPROMPT_TEXT", _text),
+    "reprompt_max": ("REPROMPT_MAX", _int(0, 100)),
+    "dtmf_timeout_ms": ("DTMF_TIMEOUT_MS", _int(100, 60_000)),
     "hamsa_api_key": ("HAMSA_API_KEY", _text),
     "hamsa_base_url": ("HAMSA_BASE_URL", _url(("https", "http"))),
     "hamsa_auth_mode": ("HAMSA_AUTH_MODE", _enum(HamsaAuthMode)),
     "hamsa_speaker": ("HAMSA_SPEAKER", _text),
     "hamsa_dialect": ("HAMSA_DIALECT", _text),
     "hamsa_language": ("HAMSA_LANGUAGE", _text),
+    "hamsa_tts_mulaw": ("HAMSA_TTS_MULAW", _bool),
     "hamsa_pool_min_idle": ("HAMSA_POOL_MIN_IDLE", _int(0, 1000)),
     "hamsa_pool_max_age": ("HAMSA_POOL_MAX_AGE", _float(1, 3500)),
     "hamsa_connect_timeout": ("HAMSA_CONNECT_TIMEOUT", _float(0.1, 120)),

@@ -51,3 +51,6 @@ class ParrotConversation:
                 chunks.append(pending.popleft()[1])
             if chunks:
                 await send(PlayAudio(chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+
+    async def finish(self) -> None:
+        """Nothing to record for a parrot call."""

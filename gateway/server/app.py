@@ -6,17 +6,22 @@ below it. Typed state lives under the keys in :mod:`gateway.server.keys`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
+from gateway.agent.brains import make_brain
 from gateway.calls import CallRegistry
-from gateway.config import Settings
+from gateway.config import AgentMode, Settings
 from gateway.conversations import conversation_factory
 from gateway.metrics import Metrics
-from gateway.readiness import Readiness
+from gateway.readiness import Probe, Readiness
 from gateway.server import health, keys, twilio_routes
+from gateway.speech.hamsa.service import HamsaService
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
@@ -28,6 +33,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     app[keys.CALLS] = CallRegistry(settings.max_calls, app[keys.METRICS])
     app[keys.CONVERSATIONS] = conversation_factory(app)
     app.cleanup_ctx.append(_http_client)
+    if settings.agent is not AgentMode.PARROT:
+        app.cleanup_ctx.append(_speech)
+        app.cleanup_ctx.append(_brain)
     health.add_routes(app)
     twilio_routes.add_routes(app)
     return app
@@ -40,3 +48,29 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         app[keys.HTTP_CLIENT] = session
         yield
+
+
+async def _speech(app: web.Application) -> AsyncIterator[None]:
+    """Hamsa speech: warm pool, REST fallback; the embedded simulator when no key is set."""
+    settings = app[keys.SETTINGS]
+    if settings.uses_hamsa_simulator:
+        log.warning(
+            "HAMSA_API_KEY is not set: speech is served by the embedded Hamsa SIMULATOR "
+            "(synthetic voices, scripted transcripts). Set HAMSA_API_KEY for real calls."
+        )
+    async with HamsaService(settings, app[keys.METRICS], http=app[keys.HTTP_CLIENT]) as service:
+        app[keys.SPEECH] = service
+
+        def probe() -> Probe:
+            status = service.status()
+            return Probe(bool(status.get("ready")), status)
+
+        app[keys.READINESS].register("speech", probe)
+        yield
+        app[keys.READINESS].unregister("speech")
+
+
+async def _brain(app: web.Application) -> AsyncIterator[None]:
+    """Where replies come from: the webhook (shared HTTP pool) or the built-in echo agent."""
+    app[keys.BRAIN] = make_brain(app[keys.SETTINGS], app[keys.HTTP_CLIENT])
+    yield

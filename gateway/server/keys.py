@@ -5,10 +5,12 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from gateway.agent.brains import Brain
 from gateway.calls import CallRegistry
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.readiness import Readiness
+from gateway.speech.hamsa.service import HamsaService
 from gateway.telephony.driver import ConversationFactory
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -17,3 +19,5 @@ CALLS = web.AppKey("calls", CallRegistry)
 READINESS = web.AppKey("readiness", Readiness)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 CONVERSATIONS: web.AppKey[ConversationFactory] = web.AppKey("conversations")
+SPEECH = web.AppKey("speech", HamsaService)
+BRAIN: web.AppKey[Brain] = web.AppKey("brain")

@@ -58,9 +58,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
-from telecodecs.resample import resample
 
 from gateway.sim.speech_synth import SpeechSynth
+from telecodecs.resample import resample
 
 log = logging.getLogger(__name__)
 

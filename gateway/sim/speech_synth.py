@@ -21,6 +21,7 @@ import zlib
 from collections import OrderedDict
 
 import numpy as np
+
 from telecodecs.g711 import pcm16_to_ulaw
 from telecodecs.resample import resample
 from telecodecs.wav import WavError, parse_wav

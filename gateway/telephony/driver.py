@@ -267,6 +267,11 @@ async def _drive(
     finally:
         try:
             await session.aclose()
+            if session.conversation is not None:
+                try:
+                    await session.conversation.finish()
+                except Exception:
+                    log.exception("conversation finish failed")
             for closer in closers:
                 with contextlib.suppress(Exception):
                     await closer

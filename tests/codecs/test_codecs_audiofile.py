@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+
 from telecodecs.audiofile import AudioFileError, load_audio
 from telecodecs.g711 import pcm16_to_ulaw
 from telecodecs.wav import build_wav

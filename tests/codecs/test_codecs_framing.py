@@ -5,6 +5,7 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from telecodecs.constants import (
     ALAW_SILENCE,
     PCM16_FRAME_BYTES_8K,

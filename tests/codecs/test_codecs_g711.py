@@ -8,6 +8,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
+
 from telecodecs.g711 import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
 
 Codec = Callable[[bytes], bytes]

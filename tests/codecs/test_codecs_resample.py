@@ -8,6 +8,7 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from telecodecs.resample import SUPPORTED_RATES, StreamResampler, resample
 
 with warnings.catch_warnings():

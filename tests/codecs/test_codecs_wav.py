@@ -8,6 +8,7 @@ import wave
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from telecodecs.wav import (
     WAVE_FORMAT_ALAW,
     WAVE_FORMAT_MULAW,

@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
-from telecodecs.wav import build_wav, parse_wav
 
 from gateway.sim.hamsa_sim import SIM_STATE, SimConfig, create_sim_app, sim_main
 from gateway.sim.speech_synth import SpeechSynth, synthetic_speech
+from telecodecs.wav import build_wav, parse_wav
 
 TIMEOUT = 5.0
 KEY = "sim-test-key"

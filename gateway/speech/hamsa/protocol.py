@@ -38,6 +38,7 @@ from enum import Enum, StrEnum
 from typing import Any
 
 import orjson
+
 from telecodecs.wav import RiffStripper
 
 # §1.2, §1.4: exact server texts, typos verbatim (the simulator sends these too).

@@ -24,10 +24,10 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
-from telecodecs.wav import RiffStripper
 
 from gateway.speech.hamsa.errors import HamsaError
 from gateway.speech.hamsa.protocol import ErrorKind
+from telecodecs.wav import RiffStripper
 
 TTS_STREAM_PATH = "/v1/realtime/tts-stream"
 STT_PATH = "/v1/realtime/stt"

@@ -37,9 +37,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from telecodecs.resample import resample
-from telecodecs.wav import build_wav
-
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.speech.hamsa.client import Backoff, HamsaConnection
@@ -48,6 +45,8 @@ from gateway.speech.hamsa.pool import HamsaPool
 from gateway.speech.hamsa.protocol import MAX_TTS_CHARS, ErrorKind, is_short_response
 from gateway.speech.hamsa.rest import HamsaRest
 from gateway.telephony.events import PCM16_16K, ULAW_8K, AudioFormat
+from telecodecs.resample import resample
+from telecodecs.wav import build_wav
 
 log = logging.getLogger(__name__)
 

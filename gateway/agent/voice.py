@@ -1,0 +1,584 @@
+"""The per-call voice agent: listen, transcribe, ask the agent, speak back, be interruptible.
+
+One :class:`VoiceAgentConversation` per call, identical over every transport (it sees only the
+provider-neutral events of ``gateway.telephony.events``):
+
+* **Listening** (``on_event``, synchronous, 50 frames per second): caller audio -> PCM16 ->
+  WebRTC VAD -> :class:`~gateway.agent.endpointing.Endpointer`. A finished utterance becomes a
+  job for the turn loop; sustained speech during a reply is a barge-in.
+* **A turn** (one task at a time, cancellable): STT through the call's Hamsa session, the
+  agent's streamed reply cut into sentences as it arrives, each sentence synthesized at once and
+  sent to the carrier. Audio is sent as fast as TTS yields it (the carrier buffers and plays in
+  real time), so sentence N+1 is synthesized while sentence N plays: no dead air between them.
+* **Marks**: a tiny mark after the first frame of each reply (its echo = the caller starts
+  hearing it: *heard latency*) and one after each sentence (what was heard, for barge-in).
+* **Barge-in**: the turn task is cancelled (which aborts the TTS stream: the Hamsa session
+  never reuses a socket with unread audio), ``ClearAudio`` drops the carrier's buffer, and what
+  the caller heard goes to the agent with the next request.
+* **Timers** (one ticker task): DTMF entries closed by the inter-digit timeout, re-prompts
+  after caller silence, hang-up after too many unanswered re-prompts.
+* **finish()**: after the call, the record goes to ``CALL_RECORD_PATH`` and to the agent as
+  ``call.ended`` (bounded in time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from gateway.agent.audio_io import InboundConverter, OutboundConverter
+from gateway.agent.brains import Brain
+from gateway.agent.dtmf import DtmfCollector
+from gateway.agent.endpointing import (
+    Endpointer,
+    SpeechStarted,
+    SustainedSpeech,
+    UtteranceEnded,
+)
+from gateway.agent.record import CallRecord, TurnRecord, append_record
+from gateway.agent.sentences import SentenceSplitter
+from gateway.agent.vad import Vad
+from gateway.agent.webhook import Action, AgentError, AgentRequest, Interruption, TextDelta
+from gateway.calls import CallSession
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.speech.hamsa.errors import HamsaError
+from gateway.speech.hamsa.session import HamsaSession
+from gateway.telephony.events import (
+    CallerAudio,
+    ClearAudio,
+    Dtmf,
+    Encoding,
+    InboundEvent,
+    MarkPlayed,
+    PlayAudio,
+    SetMark,
+)
+from telecodecs.framing import Reframer
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = 20
+TICK_SECONDS = 0.25  # timer resolution for DTMF timeouts and re-prompts
+FINISH_TIMEOUT = 3.0  # bound on call.ended + record write after the call
+HANGUP_GRACE_SECONDS = 2.0  # extra wait for the last mark before an agent-asked hang-up
+
+JobKind = Literal["greeting", "utterance", "dtmf", "reprompt"]
+
+
+@dataclass(slots=True)
+class Job:
+    """Work for the turn loop."""
+
+    kind: JobKind
+    pcm: bytes = b""
+    rate: int = 0
+    digits: str = ""
+    speech_end: float | None = None  # monotonic time the caller stopped speaking
+    endpointing: float = 0.0
+
+
+@dataclass(slots=True)
+class SpokenSentence:
+    mark: str
+    text: str
+    audio_ms: float
+    played: bool = False
+
+
+@dataclass(slots=True)
+class Reply:
+    """One reply being spoken: its sentences, their marks, and what has been heard."""
+
+    turn: int
+    speech_end: float | None
+    record: TurnRecord
+    sentences: list[SpokenSentence] = field(default_factory=list)
+    first_mark: str = ""
+    first_audio_at: float | None = None
+    last_played_at: float | None = None
+    cancelled: bool = False
+    finished_sending: bool = False
+    all_played: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def speaking(self) -> bool:
+        """Audio was sent and the caller has not heard all of it yet."""
+        return self.first_audio_at is not None and not self.all_played.is_set()
+
+    def on_mark(self, name: str, played: bool, now: float) -> bool:
+        """Record a mark echo; True if it was one of this reply's marks."""
+        if name == self.first_mark:
+            if played and self.last_played_at is None:
+                self.last_played_at = now
+            return True
+        for sentence in self.sentences:
+            if sentence.mark == name:
+                sentence.played = played
+                if played:
+                    self.last_played_at = now
+                self._check_done()
+                return True
+        return False
+
+    def _check_done(self) -> None:
+        if self.finished_sending and all(s.played for s in self.sentences):
+            self.all_played.set()
+
+    def mark_sending_done(self) -> None:
+        self.finished_sending = True
+        if not self.sentences:
+            self.all_played.set()
+        self._check_done()
+
+    def heard(self, now: float) -> tuple[str, int]:
+        """(text of the sentences fully heard, ms of reply audio heard) as of ``now``."""
+        heard = [s for s in self.sentences if s.played]
+        heard_ms = sum(s.audio_ms for s in heard)
+        # Part of the sentence playing now: time since the last played mark, capped.
+        pending = next((s for s in self.sentences if not s.played), None)
+        if pending is not None and self.last_played_at is not None:
+            heard_ms += min(pending.audio_ms, (now - self.last_played_at) * 1000.0)
+        return " ".join(s.text for s in heard), int(heard_ms)
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text for s in self.sentences)
+
+
+class VoiceAgentConversation:
+    """Runs one call's conversation (see module docstring)."""
+
+    def __init__(
+        self,
+        session: CallSession,
+        *,
+        settings: Settings,
+        metrics: Metrics,
+        speech: HamsaSession,
+        brain: Brain,
+    ) -> None:
+        self._session = session
+        self._settings = settings
+        self._metrics = metrics
+        self._speech = speech
+        self._brain = brain
+        self._format = session.audio_format
+        self._inbound = InboundConverter(self._format)
+        self._vad = Vad(settings.vad_aggressiveness, self._inbound.rate)
+        self._vad_frames = Reframer(self._inbound.rate * FRAME_MS // 1000 * 2)
+        self._endpointer = Endpointer(
+            frame_ms=FRAME_MS,
+            trailing_silence_ms=settings.endpoint_silence_ms,
+            min_speech_ms=settings.min_speech_ms,
+            max_utterance_ms=settings.max_utterance_ms,
+            barge_in_min_ms=settings.barge_in_min_ms,
+        )
+        self._dtmf = DtmfCollector(settings.dtmf_timeout_ms)
+        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._turn_task: asyncio.Task[None] | None = None
+        self._reply: Reply | None = None
+        self._turn = 0
+        self._onset_at: float | None = None
+        self._last_interruption: Interruption | None = None
+        self._carry_text = ""
+        self._pending_transcript = ""
+        self._hangup_after_reply = False
+        self._last_activity = time.monotonic()
+        self._reprompts = 0
+        self._mark_sent_at: dict[str, float] = {}
+        self._use_mulaw = settings.hamsa_tts_mulaw and self._format.encoding is Encoding.ULAW
+        self.record = CallRecord(
+            call_id=session.call_id,
+            transport=session.transport.value,
+            started_at=time.time(),
+            metadata=dict(session.metadata),
+        )
+
+    @classmethod
+    def for_app(cls, app: web.Application, session: CallSession) -> VoiceAgentConversation:
+        """Build from the app's shared resources (speech service, brain, settings, metrics)."""
+        from gateway.server import keys
+
+        return cls(
+            session,
+            settings=app[keys.SETTINGS],
+            metrics=app[keys.METRICS],
+            speech=app[keys.SPEECH].session(session.call_id),
+            brain=app[keys.BRAIN],
+        )
+
+    # ------------------------------------------------------------------ inbound
+
+    def on_event(self, event: InboundEvent) -> None:
+        if type(event) is CallerAudio:
+            pcm = self._inbound.process(event.audio)
+            for frame in self._vad_frames.push(pcm):
+                for ep in self._endpointer.push(frame, self._vad.is_speech(frame)):
+                    self._on_endpoint(ep)
+        elif isinstance(event, MarkPlayed):
+            self._on_mark(event)
+        elif isinstance(event, Dtmf):
+            now = time.monotonic()
+            self._last_activity = now
+            entry = self._dtmf.push(event.digit, now)
+            if entry:
+                self._jobs.put_nowait(Job("dtmf", digits=entry))
+
+    def _on_endpoint(self, event: object) -> None:
+        now = time.monotonic()
+        if isinstance(event, SpeechStarted):
+            self._onset_at = now - (event.at_ms - event.onset_ms) / 1000.0
+            self._last_activity = now
+            self._reprompts = 0
+        elif isinstance(event, SustainedSpeech):
+            if self._settings.barge_in:
+                onset = now - (event.at_ms - event.onset_ms) / 1000.0
+                self._interrupt(onset)
+        elif isinstance(event, UtteranceEnded):
+            self._last_activity = now
+            speech_end = now - (event.at_ms - event.speech_end_ms) / 1000.0
+            self._metrics.observe_stage("endpointing", event.trailing_silence_ms / 1000.0)
+            self._jobs.put_nowait(
+                Job(
+                    "utterance",
+                    pcm=event.pcm,
+                    rate=self._inbound.rate,
+                    speech_end=speech_end,
+                    endpointing=event.trailing_silence_ms / 1000.0,
+                )
+            )
+
+    def _on_mark(self, event: MarkPlayed) -> None:
+        now = time.monotonic()
+        sent = self._mark_sent_at.pop(event.name, None)
+        if sent is not None and event.played:
+            self._metrics.observe_stage("mark_round_trip", now - sent)
+        reply = self._reply
+        if reply is None or not reply.on_mark(event.name, event.played, now):
+            return
+        if event.name == reply.first_mark and event.played and reply.speech_end is not None:
+            heard = now - reply.speech_end
+            reply.record.timings["heard"] = round(heard, 3)
+            self._metrics.observe_stage("heard", heard)
+        if reply.all_played.is_set():
+            self._last_activity = now
+
+    def _interrupt(self, onset: float) -> None:
+        """Barge-in: the caller speaks over the agent (or while it is still thinking).
+
+        The reply may still be playing after its turn task has finished sending (audio is
+        sent faster than real time and the carrier buffers it), so "speaking" is judged by the
+        marks, not by the task.
+        """
+        reply, task = self._reply, self._turn_task
+        running = task is not None and not task.done()
+        if reply is not None and reply.speaking and not reply.cancelled:
+            reply.cancelled = True
+            heard_text, heard_ms = reply.heard(time.monotonic())
+            self._last_interruption = Interruption(reply.text, heard_text, heard_ms)
+            reply.record.interrupted = True
+            reply.record.heard = heard_text
+            if reply.record.outcome == "ok":
+                reply.record.outcome = "interrupted"
+            self._metrics.interruptions.labels(self._session.transport.value).inc()
+            self._session.spawn(self._clear(onset), "barge-in")
+        elif running and reply is not None and reply.first_audio_at is None:
+            # Still thinking: keep what the caller said; it starts the next utterance.
+            self._carry_text = self._pending_transcript
+            reply.cancelled = True
+            reply.record.outcome = "superseded"
+        else:
+            return
+        if running and task is not None:
+            task.cancel()
+
+    async def _clear(self, onset: float) -> None:
+        await self._session.send(ClearAudio())
+        self._metrics.observe_stage("barge_in_reaction", max(0.0, time.monotonic() - onset))
+
+    # ---------------------------------------------------------------- turn loop
+
+    async def run(self) -> None:
+        self._session.spawn(self._ticker(), "ticker")
+        self._jobs.put_nowait(Job("greeting"))
+        while True:
+            job = await self._jobs.get()
+            task = self._session.spawn(self._run_turn(job), "turn")
+            self._turn_task = task
+            await asyncio.wait({task})
+            self._turn_task = None
+
+    async def _ticker(self) -> None:
+        """DTMF inter-digit timeouts and caller-silence re-prompts, on one coarse timer."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            entry = self._dtmf.poll(now)
+            if entry:
+                self._jobs.put_nowait(Job("dtmf", digits=entry))
+            after = self._settings.reprompt_after
+            if after <= 0 or self._busy() or self._endpointer.in_speech:
+                continue
+            if now - self._last_activity >= after:
+                self._last_activity = now
+                self._reprompts += 1
+                if self._reprompts > self._settings.reprompt_max:
+                    log.info("caller silent after %d re-prompts", self._settings.reprompt_max)
+                    self._session.hangup("caller_silent", outcome="caller_silent")
+                    return
+                self._jobs.put_nowait(Job("reprompt"))
+
+    def _busy(self) -> bool:
+        """A turn is running, queued, or its reply is still playing."""
+        if self._turn_task is not None or not self._jobs.empty():
+            return True
+        return self._reply is not None and self._reply.speaking
+
+    async def _run_turn(self, job: Job) -> None:
+        self._turn += 1
+        record = TurnRecord(turn=self._turn, kind=job.kind)
+        self.record.turns.append(record)
+        reply = Reply(turn=self._turn, speech_end=job.speech_end, record=record)
+        self._reply = reply
+        self._hangup_after_reply = False
+        self._pending_transcript = ""
+        try:
+            request, fixed_text = await self._prepare(job, record)
+            if request is None and not fixed_text:
+                reply.mark_sending_done()
+                return
+            await self._respond(reply, request, fixed_text)
+        except asyncio.CancelledError:
+            if record.outcome == "ok":
+                record.outcome = "cancelled"
+            raise
+        finally:
+            self._metrics.turns.labels(record.outcome).inc()
+        if self._hangup_after_reply and not reply.cancelled:
+            await self._hang_up_after(reply)
+
+    async def _prepare(self, job: Job, record: TurnRecord) -> tuple[AgentRequest | None, str]:
+        """What to answer: an agent request, or fixed text (greeting/re-prompt)."""
+        base = {
+            "session_id": self._session.call_id,
+            "turn": self._turn,
+            "call_id": self._session.call_id,
+            "transport": self._session.transport.value,
+            "metadata": self._session.metadata,
+        }
+        if job.kind == "greeting":
+            if self._settings.greeting_text:
+                return None, self._settings.greeting_text
+            return AgentRequest(event="call.started", **base), ""  # type: ignore[arg-type]
+        if job.kind == "reprompt":
+            return None, self._settings.reprompt_text
+        if job.kind == "dtmf":
+            record.transcript = job.digits
+            return AgentRequest(event="dtmf", digits=job.digits, **base), ""  # type: ignore[arg-type]
+        record.timings["endpointing"] = round(job.endpointing, 3)
+        started = time.monotonic()
+        try:
+            text = await self._speech.stt(job.pcm, job.rate)
+        except HamsaError as exc:
+            record.outcome = "stt_error"
+            log.warning("STT failed: %s", exc)
+            return None, self._settings.agent_fallback_text
+        stt_seconds = time.monotonic() - started
+        record.timings["stt"] = round(stt_seconds, 3)
+        text = " ".join(p for p in (self._carry_text, text.strip()) if p)
+        self._carry_text = ""
+        record.transcript = text
+        if not text:
+            record.outcome = "empty"
+            return None, ""
+        self._pending_transcript = text
+        interrupted, self._last_interruption = self._last_interruption, None
+        return (
+            AgentRequest(event="utterance", text=text, interrupted=interrupted, **base),  # type: ignore[arg-type]
+            "",
+        )
+
+    async def _respond(self, reply: Reply, request: AgentRequest | None, fixed: str) -> None:
+        """Stream the reply: agent text -> sentences -> TTS -> carrier, concurrently."""
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.get_running_loop().create_task(self._speak(reply, sentences))
+        try:
+            if request is None:
+                sentences.put_nowait(fixed)
+                reply.record.reply = fixed
+            else:
+                await self._ask_agent(request, reply, sentences)
+            sentences.put_nowait(None)
+            await asyncio.shield(speaker)
+        except HamsaError as exc:
+            reply.record.outcome = "tts_error"
+            log.warning("TTS failed mid-reply: %s", exc)
+        finally:
+            if not speaker.done():
+                speaker.cancel()
+                with contextlib.suppress(asyncio.CancelledError, HamsaError):
+                    await speaker
+
+    async def _ask_agent(
+        self, request: AgentRequest, reply: Reply, sentences: asyncio.Queue[str | None]
+    ) -> None:
+        splitter = SentenceSplitter()
+        started = time.monotonic()
+        parts: list[str] = []
+        spoke = False
+        try:
+            async for part in self._brain.reply(request):
+                if isinstance(part, TextDelta):
+                    if not parts:
+                        first = time.monotonic() - started
+                        reply.record.timings["agent_first_text"] = round(first, 3)
+                        self._metrics.observe_stage("agent_first_text", first)
+                    parts.append(part.text)
+                    for sentence in splitter.push(part.text):
+                        sentences.put_nowait(sentence)
+                        spoke = True
+                elif isinstance(part, Action):
+                    self._on_action(part)
+            for sentence in splitter.flush():
+                sentences.put_nowait(sentence)
+                spoke = True
+            total = time.monotonic() - started
+            reply.record.timings["agent_total"] = round(total, 3)
+            self._metrics.observe_stage("agent_total", total)
+        except AgentError as exc:
+            self._metrics.agent_errors.labels(exc.kind).inc()
+            log.warning("agent failed (%s)%s", exc.kind, f": {exc.detail}" if exc.detail else "")
+            reply.record.outcome = "agent_error"
+            if not spoke:
+                for sentence in splitter.flush():
+                    sentences.put_nowait(sentence)
+                sentences.put_nowait(self._settings.agent_fallback_text)
+        reply.record.reply = "".join(parts)
+
+    def _on_action(self, action: Action) -> None:
+        if action.kind == "hangup":
+            self._hangup_after_reply = True
+        elif action.kind == "transfer":
+            # Transfer needs carrier call control (Twilio REST redirect to <Dial>); until the
+            # transport offers it, the call ends after the reply and the agent is told why.
+            log.warning(
+                "transfer to %s requested: not supported on this transport; hanging up",
+                action.target or "(default)",
+            )
+            self._hangup_after_reply = True
+
+    async def _speak(self, reply: Reply, sentences: asyncio.Queue[str | None]) -> None:
+        """Speak sentences in order. A sentence whose TTS fails (after the Hamsa session's own
+        retries) is skipped, and the next one goes out on a fresh connection: the caller loses
+        one sentence, not the rest of the reply."""
+        index = 0
+        while (sentence := await sentences.get()) is not None:
+            if reply.cancelled:
+                return
+            try:
+                await self._speak_sentence(reply, sentence, index)
+            except HamsaError as exc:
+                reply.record.outcome = "tts_error"
+                log.warning("TTS failed for sentence %d of turn %d: %s", index, reply.turn, exc)
+            index += 1
+        reply.mark_sending_done()
+
+    async def _speak_sentence(self, reply: Reply, text: str, index: int) -> None:
+        send = self._session.send
+        converter: OutboundConverter | None = None
+        audio_ms = 0.0
+        started = time.monotonic()
+        bytes_per_ms = self._format.bytes_per_ms()
+        async for chunk in self._speech.tts(text, mulaw=self._use_mulaw):
+            if reply.cancelled:
+                return
+            if converter is None:
+                if chunk.format == self._format:
+                    converter = None
+                    audio = chunk.audio
+                else:
+                    converter = OutboundConverter(chunk.format.sample_rate, self._format)
+                    audio = converter.process(chunk.audio)
+            else:
+                audio = converter.process(chunk.audio)
+            if not audio:
+                continue
+            if reply.first_audio_at is None:
+                audio = await self._send_first_frame(reply, audio, started)
+            if audio:
+                await send(PlayAudio(audio))
+            audio_ms += len(audio) / bytes_per_ms
+        if converter is not None:
+            tail = converter.flush()
+            if tail and not reply.cancelled:
+                await send(PlayAudio(tail))
+                audio_ms += len(tail) / bytes_per_ms
+        if reply.cancelled:
+            return
+        name = f"t{reply.turn}.s{index}"
+        reply.sentences.append(
+            SpokenSentence(name, text, audio_ms + (FRAME_MS if index == 0 else 0))
+        )
+        self._mark_sent_at[name] = time.monotonic()
+        await send(SetMark(name))
+
+    async def _send_first_frame(self, reply: Reply, audio: bytes, started: float) -> bytes:
+        """Send the reply's first 20 ms frame and a tiny mark after it; return the rest."""
+        now = time.monotonic()
+        reply.first_audio_at = now
+        reply.first_mark = f"t{reply.turn}.first"
+        first_tts = now - started
+        reply.record.timings["tts_first_audio"] = round(first_tts, 3)
+        if reply.speech_end is not None:
+            latency = now - reply.speech_end
+            reply.record.timings["turn"] = round(latency, 3)
+            self._metrics.observe_stage("turn", latency)
+        frame = self._format.frame_bytes(FRAME_MS)
+        await self._session.send(PlayAudio(audio[:frame]))
+        self._mark_sent_at[reply.first_mark] = time.monotonic()
+        await self._session.send(SetMark(reply.first_mark))
+        return audio[frame:]
+
+    async def _hang_up_after(self, reply: Reply) -> None:
+        """The agent asked to end the call: let the caller hear the reply, then hang up."""
+        remaining = sum(s.audio_ms for s in reply.sentences if not s.played) / 1000.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reply.all_played.wait(), remaining + HANGUP_GRACE_SECONDS)
+        self._session.hangup("agent_hangup", outcome="agent_hangup")
+
+    # ------------------------------------------------------------------- finish
+
+    async def finish(self) -> None:
+        """After the call: give speech sockets back, write the record, tell the agent."""
+        self.record.duration_seconds = round(self._session.duration_seconds, 3)
+        self.record.outcome = self._session.outcome
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._speech.aclose(), FINISH_TIMEOUT)
+        path = self._settings.call_record_path
+        if path and not await append_record(path, self.record):
+            self._metrics.call_record_failures.inc()
+        request = AgentRequest(
+            event="call.ended",
+            session_id=self._session.call_id,
+            turn=self._turn,
+            call_id=self._session.call_id,
+            transport=self._session.transport.value,
+            metadata=self._session.metadata,
+            record=self.record.to_dict(),
+        )
+        try:
+            async with asyncio.timeout(FINISH_TIMEOUT):
+                async for _ in self._brain.reply(request):
+                    pass  # call.ended replies are not spoken: the call is over
+        except (AgentError, TimeoutError) as exc:
+            kind = exc.kind if isinstance(exc, AgentError) else "timeout"
+            self._metrics.agent_errors.labels(kind).inc()
+            log.info("call.ended not delivered to the agent (%s)", kind)
