@@ -46,6 +46,10 @@ typecheck: $(STAMP_DEV)
 pytest: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q
 
+## make demo: start a gateway with embedded defaults, call it once, print the latency table
+demo: $(STAMP_RUN)
+	$(BIN)/gateway demo
+
 ## make bench: codec per-frame costs
 bench: $(STAMP_RUN)
 	$(BIN)/python bench/bench_codecs.py

@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve | sim-hamsa | call | loadtest``. Argument parsing only."""
+"""Command line: ``gateway serve | demo | call | loadtest | sim-hamsa``. Argument parsing only."""
 
 from __future__ import annotations
 
@@ -39,10 +39,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (env HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="listen port (env PORT, default 8080)")
     serve.set_defaults(func=_serve)
-    load = sub.add_parser(
-        "loadtest", help="concurrent simulated calls against a gateway", add_help=False
+    tools = (
+        (
+            "loadtest",
+            "concurrent simulated calls against a gateway, measured",
+            "gateway.sim.loadtest",
+            "loadtest_main",
+        ),
+        (
+            "call",
+            "one simulated call (Twilio) with a latency waterfall",
+            "gateway.sim.caller_cli",
+            "call_main",
+        ),
+        (
+            "demo",
+            "start a gateway with embedded defaults and call it once",
+            "gateway.sim.caller_cli",
+            "demo_main",
+        ),
+        (
+            "sim-hamsa",
+            "run the Hamsa simulator (realtime WebSocket + REST)",
+            "gateway.sim.hamsa_sim",
+            "sim_main",
+        ),
     )
-    load.set_defaults(func=lambda a: _delegate("gateway.sim.loadtest", "loadtest_main", a))
+    for name, summary, module, function in tools:
+        tool = sub.add_parser(name, help=summary, add_help=False)
+        tool.set_defaults(func=lambda a, m=module, f=function: _delegate(m, f, a))
     return parser
 
 

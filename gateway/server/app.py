@@ -53,11 +53,7 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
 async def _speech(app: web.Application) -> AsyncIterator[None]:
     """Hamsa speech: warm pool, REST fallback; the embedded simulator when no key is set."""
     settings = app[keys.SETTINGS]
-    if settings.uses_hamsa_simulator:
-        log.warning(
-            "HAMSA_API_KEY is not set: speech is served by the embedded Hamsa SIMULATOR "
-            "(synthetic voices, scripted transcripts). Set HAMSA_API_KEY for real calls."
-        )
+    # With no HAMSA_API_KEY the service starts the embedded simulator and says so loudly.
     async with HamsaService(settings, app[keys.METRICS], http=app[keys.HTTP_CLIENT]) as service:
         app[keys.SPEECH] = service
 
