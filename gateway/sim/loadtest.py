@@ -18,19 +18,26 @@ import contextlib
 import ipaddress
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from gateway.sim.caller_cli import Microphone
+from gateway.sim.speech_synth import synthetic_speech
 from gateway.sim.twilio_caller import FRAME_BYTES, FRAME_SECONDS, TwilioCaller
+from telecodecs.g711 import pcm16_to_ulaw
+from telecodecs.resample import resample
 
 MAX_CALLS = 1000
+CALLER_TEXT = "مرحباأريدأنأسألعنطلبي"  # no spaces: one continuous synthetic utterance (~1.5 s)
 MAX_DURATION_SECONDS = 600.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -51,6 +58,13 @@ class LoadResult:
     frames_returned: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     machine: str = ""
+    mode: str = "parrot"
+    turns: int = 0
+    barge_ins: int = 0
+    turn_latency_ms: dict[str, float] = field(default_factory=dict)
+    gateway_added_ms: dict[str, float] = field(default_factory=dict)
+    underruns_mid_sentence: int = 0
+    max_gap_between_sentences_ms: float = 0.0
 
 
 def _proc_cpu_seconds(pid: int) -> float:
@@ -145,10 +159,120 @@ async def _one_call(
         counts["returned"] += len(call.echo_latencies)
 
 
+@dataclass(slots=True)
+class AgentCallStats:
+    turns: int = 0
+    barge_ins: int = 0
+    underruns_mid_sentence: int = 0
+    sentence_gaps: list[float] = field(default_factory=list)
+
+
+async def _agent_call(
+    http: aiohttp.ClientSession,
+    ws_url: str,
+    duration: float,
+    stop_at: float,
+    speech: bytes,
+    barge_rate: float,
+    rng: random.Random,
+    totals: AgentCallStats,
+    errors: dict[str, int],
+) -> None:
+    """One realistic conversation: silence, an utterance, the reply (sometimes talked over)."""
+    call = TwilioCaller(http, ws_url)
+    try:
+        await call.connect()
+        mic = Microphone(call)
+        mic_task = asyncio.create_task(mic.run())
+        end = min(time.monotonic() + duration, stop_at)
+        try:
+            while time.monotonic() + 6.0 < end and not call.closed:
+                await asyncio.sleep(rng.uniform(1.0, 2.5))
+                spoken = mic.say(speech)
+                await asyncio.sleep(max(0.0, spoken - time.monotonic()))
+                totals.turns += 1
+                if rng.random() < barge_rate:
+                    # Talk over the reply ~0.6 s after it starts.
+                    if await _wait_audio_after(call, spoken, 8.0):
+                        await asyncio.sleep(0.6)
+                        totals.barge_ins += 1
+                        continue
+                await _wait_quiet(call, spoken, 10.0)
+        finally:
+            mic_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mic_task
+        await call.stop()
+        with contextlib.suppress(TimeoutError):
+            await call.wait_closed(5.0)
+    except (aiohttp.ClientError, OSError) as exc:
+        errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+    finally:
+        await call.close()
+        totals.underruns_mid_sentence += call.underruns_mid_sentence
+        totals.sentence_gaps.extend(call.sentence_gaps)
+
+
+async def _wait_audio_after(call: TwilioCaller, since: float, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not call.closed:
+        if call.heard and call.heard[-1].start >= since:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _wait_quiet(call: TwilioCaller, since: float, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not call.closed:
+        await asyncio.sleep(0.1)
+        last = call.heard[-1] if call.heard else None
+        if last is not None and last.start >= since:
+            if time.monotonic() - (last.start + len(last.audio) / 8000.0) > 0.5:
+                return
+
+
+def _records_latency(path: str, since_unix: float) -> tuple[list[float], list[float]]:
+    """(turn latencies, gateway-added latencies) in seconds from the call records."""
+    turn: list[float] = []
+    added: list[float] = []
+    with contextlib.suppress(OSError), open(path, encoding="utf-8") as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("started_at", 0) < since_unix:
+                    continue
+                for t in record.get("turns", []):
+                    timings = t.get("timings", {})
+                    if t.get("kind") != "utterance" or "turn" not in timings:
+                        continue
+                    turn.append(timings["turn"])
+                    external = sum(
+                        timings.get(k, 0.0)
+                        for k in ("endpointing", "stt", "agent_first_text", "tts_first_audio")
+                    )
+                    added.append(max(0.0, timings["turn"] - external))
+    return turn, added
+
+
 async def run_load(
-    base_url: str, pid: int, calls: int, duration: float, ramp: float, progress: bool = True
+    base_url: str,
+    pid: int,
+    calls: int,
+    duration: float,
+    ramp: float,
+    progress: bool = True,
+    *,
+    mode: str = "parrot",
+    barge_rate: float = 0.2,
+    record_path: str = "",
+    seed: int = 1,
 ) -> LoadResult:
-    """Run ``calls`` parrot calls of ``duration`` seconds, ramped over ``ramp`` seconds."""
+    """Run ``calls`` calls of ``duration`` seconds, ramped over ``ramp`` seconds.
+
+    ``mode`` ``parrot`` streams unique frames and times their echo; ``agent`` holds realistic
+    conversations (speech, silence, barge-in at ``barge_rate``) against the voice agent.
+    """
     if not 1 <= calls <= MAX_CALLS:
         raise SystemExit(f"--calls must be 1..{MAX_CALLS}")
     if not 1 <= duration <= MAX_DURATION_SECONDS:
@@ -161,6 +285,10 @@ async def run_load(
     rss_before = _proc_rss_mib(pid)
     connector = aiohttp.TCPConnector(limit=0)
     hard_stop = time.monotonic() + ramp + duration + 30.0
+    agent_totals = AgentCallStats()
+    rng = random.Random(seed)
+    speech = pcm16_to_ulaw(resample(synthetic_speech(CALLER_TEXT), 16000, 8000))
+    since_unix = time.time()
     async with aiohttp.ClientSession(connector=connector) as http:
         tasks: list[asyncio.Task[None]] = []
         t0 = time.monotonic()
@@ -170,11 +298,21 @@ async def run_load(
                 await asyncio.sleep(delay)
             # Every call ends at the same moment, so the window after the ramp is full load.
             remaining = t0 + ramp + duration - time.monotonic()
-            tasks.append(
-                asyncio.create_task(
-                    _one_call(http, ws_url, remaining, hard_stop, latencies, counts, errors)
+            if mode == "agent":
+                call = _agent_call(
+                    http,
+                    ws_url,
+                    remaining,
+                    hard_stop,
+                    speech,
+                    barge_rate,
+                    random.Random(rng.random()),
+                    agent_totals,
+                    errors,
                 )
-            )
+            else:
+                call = _one_call(http, ws_url, remaining, hard_stop, latencies, counts, errors)
+            tasks.append(asyncio.create_task(call))
         # Steady-state window: all calls up, skip one second of settling.
         await asyncio.sleep(max(0.0, t0 + ramp + 1.0 - time.monotonic()))
         window_start = time.monotonic()
@@ -199,6 +337,11 @@ async def run_load(
         print(file=sys.stderr)
     cpu = cpu_end - cpu_start
     per_call_second = cpu / (calls * window) if window > 0 else 0.0
+    turn_latencies: list[float] = []
+    added: list[float] = []
+    if mode == "agent" and record_path:
+        await asyncio.sleep(1.0)  # the gateway writes records as calls end
+        turn_latencies, added = _records_latency(record_path, since_unix)
     return LoadResult(
         calls=calls,
         duration_seconds=round(duration, 1),
@@ -214,6 +357,13 @@ async def run_load(
         frames_returned=counts["returned"],
         errors=errors,
         machine=machine_summary(),
+        mode=mode,
+        turns=agent_totals.turns,
+        barge_ins=agent_totals.barge_ins,
+        turn_latency_ms=_percentiles(turn_latencies),
+        gateway_added_ms=_percentiles(added),
+        underruns_mid_sentence=agent_totals.underruns_mid_sentence,
+        max_gap_between_sentences_ms=round(max(agent_totals.sentence_gaps, default=0.0) * 1000, 1),
     )
 
 
@@ -241,20 +391,44 @@ def _spawn_gateway(port: int, extra_env: dict[str, str]) -> subprocess.Popen[byt
     return subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env)
 
 
-async def _wait_healthy(url: str, timeout: float) -> None:
+async def _wait_healthy(url: str, timeout: float, need_speech: bool = False) -> None:
+    """Wait for /healthz (parrot) or /readyz with a filled warm pool (agent)."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(url + "/healthz") as r:
-                    if r.status == 200:
-                        return
+            with contextlib.suppress(aiohttp.ClientError, ValueError):
+                if not need_speech:
+                    async with http.get(url + "/healthz") as r:
+                        if r.status == 200:
+                            return
+                else:
+                    async with http.get(url + "/readyz") as r:
+                        body = await r.json()
+                        speech = body.get("checks", {}).get("speech", {})
+                        if r.status == 200 and speech.get("idle", 0) >= 2:
+                            return
             await asyncio.sleep(0.1)
     raise SystemExit("gateway did not become healthy")
 
 
 def format_table(result: LoadResult) -> str:
+    def pcts(values: dict[str, float]) -> str:
+        keys = ("p50", "p95", "p99")
+        return "/".join(str(values.get(k, "-")) for k in keys) + " ms"
+
+    agent_rows = (
+        [
+            ("turns / barge-ins", f"{result.turns} / {result.barge_ins}"),
+            ("turn latency p50/p95/p99", pcts(result.turn_latency_ms)),
+            ("gateway-added p50/p95/p99", pcts(result.gateway_added_ms)),
+            ("underruns mid-sentence", f"{result.underruns_mid_sentence}"),
+            ("largest gap between sentences", f"{result.max_gap_between_sentences_ms:.0f} ms"),
+        ]
+        if result.mode == "agent"
+        else []
+    )
     rows = [
+        ("mode", result.mode),
         ("calls (concurrent)", f"{result.calls}"),
         ("measured window", f"{result.window_seconds:.1f} s"),
         ("gateway CPU per call-second", f"{result.cpu_ms_per_call_second:.2f} ms"),
@@ -267,6 +441,7 @@ def format_table(result: LoadResult) -> str:
             ),
         ),
         ("frames sent / returned", f"{result.frames_sent} / {result.frames_returned}"),
+        *agent_rows,
         ("errors", json.dumps(result.errors) if result.errors else "none"),
         ("machine", result.machine),
     ]
@@ -280,21 +455,66 @@ def loadtest_main(argv: list[str]) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--mode",
+        choices=("parrot", "agent"),
+        default="parrot",
+        help="parrot: audio loopback; agent: conversations with the voice agent "
+        "(echo agent, Hamsa simulator in its own process)",
+    )
     parser.add_argument("--url", help="gateway base URL (loopback); default: spawn one")
     parser.add_argument("--pid", type=int, help="gateway process id (required with --url)")
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds at full load")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds to start all calls")
+    parser.add_argument(
+        "--barge-rate",
+        type=float,
+        default=0.2,
+        help="agent mode: share of turns the caller talks over the reply",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the result as JSON here")
     args = parser.parse_args(argv)
-    proc: subprocess.Popen[bytes] | None = None
+    procs: list[subprocess.Popen[bytes]] = []
+    record_path = ""
     if args.url:
         if args.pid is None:
             parser.error("--pid is required with --url (CPU is read from /proc/<pid>)")
         url, pid = args.url.rstrip("/"), args.pid
     else:
         port = _free_port()
-        proc = _spawn_gateway(port, {})
+        extra: dict[str, str] = {}
+        if args.mode == "agent":
+            sim_port = _free_port()
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "gateway",
+                        "sim-hamsa",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(sim_port),
+                        "--first-audio-delay",
+                        "0.28",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            record_path = os.path.join(tempfile.gettempdir(), f"loadtest-{os.getpid()}.jsonl")
+            extra = {
+                "AGENT": "echo",
+                "HAMSA_API_KEY": "loadtest",
+                "HAMSA_BASE_URL": f"http://127.0.0.1:{sim_port}",
+                "HAMSA_POOL_MIN_IDLE": str(min(64, 2 * args.calls)),
+                "CALL_RECORD_PATH": record_path,
+                "REPROMPT_AFTER": "0",
+            }
+        proc = _spawn_gateway(port, extra)
+        procs.append(proc)
         url, pid = f"http://127.0.0.1:{port}", proc.pid
     try:
         import uvloop
@@ -303,12 +523,27 @@ def loadtest_main(argv: list[str]) -> int:
     except ImportError:
         run = asyncio.run  # type: ignore[assignment]
     try:
-        run(_wait_healthy(url, 20.0))
-        result = run(run_load(url, pid, args.calls, args.duration, args.ramp))
+        run(_wait_healthy(url, 60.0, need_speech=args.mode == "agent"))
+        result = run(
+            run_load(
+                url,
+                pid,
+                args.calls,
+                args.duration,
+                args.ramp,
+                mode=args.mode,
+                barge_rate=args.barge_rate,
+                record_path=record_path,
+            )
+        )
     finally:
-        if proc is not None:
+        for proc in reversed(procs):
             proc.terminate()
-            proc.wait(30)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+        if record_path:
+            with contextlib.suppress(OSError):
+                os.unlink(record_path)
     print(format_table(result))
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as f:

@@ -97,6 +97,12 @@ class TwilioCaller:
         self.payload_sent_at: dict[bytes, float] = {}
         self.echo_latencies: list[tuple[float, float]] = []  # (received at, latency)
         self.track_echo = False
+        # Outbound audio timing: a gap is audio arriving after the previous audio ran out.
+        # Within 2 s it is the same reply: after a mark it is a gap between sentences,
+        # otherwise an underrun in the middle of a sentence.
+        self.underruns_mid_sentence = 0
+        self.sentence_gaps: list[float] = []
+        self._mark_since_audio = False
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -261,6 +267,13 @@ class TwilioCaller:
                     sent = self.payload_sent_at.pop(audio[offset : offset + FRAME_BYTES], None)
                     if sent is not None:
                         self.echo_latencies.append((now, now - sent))
+            gap = now - self._play_until
+            if self.heard and 0.0 < gap < 2.0:
+                if self._mark_since_audio:
+                    self.sentence_gaps.append(gap)
+                elif gap > FRAME_SECONDS:
+                    self.underruns_mid_sentence += 1
+            self._mark_since_audio = False
             start = max(now, self._play_until)
             self._play_until = start + len(audio) / 8000.0
             self.heard.append(HeardAudio(start, audio))
@@ -269,6 +282,7 @@ class TwilioCaller:
             assert isinstance(mark, dict)
             name = str(mark["name"])
             self.stats.marks_received += 1
+            self._mark_since_audio = True
             self.stats.mark_sent_times[name] = now
             self._mark_order += 1
             heapq.heappush(
@@ -277,6 +291,7 @@ class TwilioCaller:
             self._mark_wakeup.set()
         elif event == "clear":
             self.stats.clears_received += 1
+            self._mark_since_audio = True  # what follows a clear is a new reply, not an underrun
             self._truncate_heard(now)
             self._play_until = now
             # Twilio echoes every pending mark when clear drops its audio.
