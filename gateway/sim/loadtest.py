@@ -191,12 +191,11 @@ async def _agent_call(
                 spoken = mic.say(speech)
                 await asyncio.sleep(max(0.0, spoken - time.monotonic()))
                 totals.turns += 1
-                if rng.random() < barge_rate:
-                    # Talk over the reply ~0.6 s after it starts.
-                    if await _wait_audio_after(call, spoken, 8.0):
-                        await asyncio.sleep(0.6)
-                        totals.barge_ins += 1
-                        continue
+                # Sometimes talk over the reply, ~0.6 s after it starts.
+                if rng.random() < barge_rate and await _wait_audio_after(call, spoken, 8.0):
+                    await asyncio.sleep(0.6)
+                    totals.barge_ins += 1
+                    continue
                 await _wait_quiet(call, spoken, 10.0)
         finally:
             mic_task.cancel()
@@ -227,9 +226,9 @@ async def _wait_quiet(call: TwilioCaller, since: float, timeout: float) -> None:
     while time.monotonic() < deadline and not call.closed:
         await asyncio.sleep(0.1)
         last = call.heard[-1] if call.heard else None
-        if last is not None and last.start >= since:
-            if time.monotonic() - (last.start + len(last.audio) / 8000.0) > 0.5:
-                return
+        played_until = last.start + len(last.audio) / 8000.0 if last is not None else 0.0
+        if last is not None and last.start >= since and time.monotonic() - played_until > 0.5:
+            return
 
 
 def _records_latency(path: str, since_unix: float) -> tuple[list[float], list[float]]:
