@@ -104,6 +104,8 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ("REPROMPT_AFTER", "8", "seconds of caller silence before a re-prompt; 0 = never"),
     ("REPROMPT_TEXT", "هل ما زلت معي؟ تفضل بالكلام من فضلك.", "the re-prompt"),
     ("REPROMPT_MAX", "2", "re-prompts without an answer before hanging up"),
+    ("PLAYOUT_PREBUFFER_MS", "0", "hold a reply's first audio up to this long for the next TTS "
+     "chunk (smooths providers whose later chunks lag; costs that much latency)"),
     ("DTMF_TIMEOUT_MS", "1500", "digits pressed within this gap are sent to the agent together"),
     ("HAMSA_API_KEY", "", "Hamsa API key; empty runs the embedded Hamsa simulator"),
     (
@@ -184,6 +186,7 @@ class Settings:
     reprompt_text: str = "هل ما زلت معي؟ تفضل بالكلام من فضلك."
     reprompt_max: int = 2
     dtmf_timeout_ms: int = 1500
+    playout_prebuffer_ms: int = 0
 
     hamsa_api_key: str = field(default="", repr=False)
     hamsa_base_url: str = "https://api.tryhamsa.com"
@@ -401,6 +404,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "reprompt_text": ("REPROMPT_TEXT", _text),
     "reprompt_max": ("REPROMPT_MAX", _int(0, 100)),
     "dtmf_timeout_ms": ("DTMF_TIMEOUT_MS", _int(100, 60_000)),
+    "playout_prebuffer_ms": ("PLAYOUT_PREBUFFER_MS", _int(0, 5_000)),
     "hamsa_api_key": ("HAMSA_API_KEY", _text),
     "hamsa_base_url": ("HAMSA_BASE_URL", _url(("https", "http"))),
     "hamsa_auth_mode": ("HAMSA_AUTH_MODE", _enum(HamsaAuthMode)),

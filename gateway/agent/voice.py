@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -47,7 +48,7 @@ from gateway.calls import CallSession
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.speech.hamsa.errors import HamsaError
-from gateway.speech.hamsa.session import HamsaSession
+from gateway.speech.hamsa.session import HamsaSession, TtsChunk
 from gateway.telephony.events import (
     CallerAudio,
     ClearAudio,
@@ -153,6 +154,38 @@ class Reply:
         return " ".join(s.text for s in self.sentences)
 
 
+async def prebuffered(chunks: AsyncIterator[TtsChunk], hold: float) -> AsyncIterator[TtsChunk]:
+    """Yield ``chunks`` unchanged, but hold the first one until the second has arrived, the
+    stream has ended, or ``hold`` seconds have passed.
+
+    Hamsa sends a small first frame (~16 KB, 0.5 s) and then 32-64 KB frames at a few times
+    real time (hamsa.md §1.4), so the second frame can arrive after the first has played: an
+    audible gap inside the first sentence. A short hold trades that gap for latency.
+    """
+    async with contextlib.aclosing(chunks) as source:  # type: ignore[type-var]
+        iterator = source.__aiter__()
+        try:
+            first = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        following: asyncio.Future[TtsChunk] = asyncio.ensure_future(anext(iterator))
+        try:
+            await asyncio.wait({following}, timeout=hold)
+            yield first
+            try:
+                second = await following
+            except StopAsyncIteration:
+                return
+            yield second
+            async for chunk in iterator:
+                yield chunk
+        finally:
+            if not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+
+
 class VoiceAgentConversation:
     """Runs one call's conversation (see module docstring)."""
 
@@ -195,6 +228,7 @@ class VoiceAgentConversation:
         self._reprompts = 0
         self._mark_sent_at: dict[str, float] = {}
         self._use_mulaw = settings.hamsa_tts_mulaw and self._format.encoding is Encoding.ULAW
+        self._prebuffer = settings.playout_prebuffer_ms / 1000.0
         self.record = CallRecord(
             call_id=session.call_id,
             transport=session.transport.value,
@@ -497,7 +531,11 @@ class VoiceAgentConversation:
         audio_ms = 0.0
         started = time.monotonic()
         bytes_per_ms = self._format.bytes_per_ms()
-        async for chunk in self._speech.tts(text, mulaw=self._use_mulaw):
+        stream: AsyncIterator[TtsChunk] = self._speech.tts(text, mulaw=self._use_mulaw)
+        if index == 0 and self._prebuffer > 0:
+            # Nothing is playing yet: give the provider a moment to send its next chunk.
+            stream = prebuffered(stream, self._prebuffer)
+        async for chunk in stream:
             if reply.cancelled:
                 return
             if converter is None:
