@@ -75,6 +75,9 @@ class CallSession:
         self._hangup_reason: str | None = None
         self._closed = False
         self.conversation: Conversation | None = None
+        # Transport call control, set by the glue where the carrier offers it: hand the caller
+        # to a number or SIP URI; True when the carrier accepted the transfer.
+        self.transfer: Callable[[str], Awaitable[bool]] | None = None
 
     # ------------------------------------------------------------------ tasks
 

@@ -224,6 +224,7 @@ class VoiceAgentConversation:
         self._carry_text = ""
         self._pending_transcript = ""
         self._hangup_after_reply = False
+        self._transfer_target: str | None = None
         self._last_activity = time.monotonic()
         self._reprompts = 0
         self._mark_sent_at: dict[str, float] = {}
@@ -498,15 +499,11 @@ class VoiceAgentConversation:
         reply.record.reply = "".join(parts)
 
     def _on_action(self, action: Action) -> None:
+        """Agent call control, carried out once the current reply has been heard."""
         if action.kind == "hangup":
             self._hangup_after_reply = True
         elif action.kind == "transfer":
-            # Transfer needs carrier call control (Twilio REST redirect to <Dial>); until the
-            # transport offers it, the call ends after the reply and the agent is told why.
-            log.warning(
-                "transfer to %s requested: not supported on this transport; hanging up",
-                action.target or "(default)",
-            )
+            self._transfer_target = action.target or ""
             self._hangup_after_reply = True
 
     async def _speak(self, reply: Reply, sentences: asyncio.Queue[str | None]) -> None:
@@ -586,10 +583,28 @@ class VoiceAgentConversation:
         return audio[frame:]
 
     async def _hang_up_after(self, reply: Reply) -> None:
-        """The agent asked to end the call: let the caller hear the reply, then hang up."""
+        """The agent asked to end (or transfer) the call: let the caller hear the reply first.
+
+        A transfer uses the transport's call control (Twilio: REST redirect to ``<Dial>``);
+        where there is none (Asterisk: the dialplan continues after the gateway's leg ends),
+        or it fails, the gateway's leg simply ends.
+        """
         remaining = sum(s.audio_ms for s in reply.sentences if not s.played) / 1000.0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(reply.all_played.wait(), remaining + HANGUP_GRACE_SECONDS)
+        target, self._transfer_target = self._transfer_target, None
+        transfer = self._session.transfer
+        if target is not None:
+            if target and transfer is not None and await transfer(target):
+                log.info("call transferred")
+                self._session.outcome = "transferred"
+                return  # the carrier ends our media stream itself
+            log.warning(
+                "transfer to %s not possible on this call; ending the gateway's leg",
+                target or "(no target)",
+            )
+            self._session.hangup("agent_transfer", outcome="transferred")
+            return
         self._session.hangup("agent_hangup", outcome="agent_hangup")
 
     # ------------------------------------------------------------------- finish

@@ -16,14 +16,14 @@ import logging
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from gateway.calls import CallSession
+from gateway.calls import CallSession, Conversation
 from gateway.config import BusyMode, Settings
 from gateway.server import keys
 from gateway.telephony import twiml
 from gateway.telephony.driver import DriverConfig, drive_websocket
 from gateway.telephony.events import Transport
 from gateway.telephony.twilio import TwilioMediaProtocol
-from gateway.telephony.twilio_rest import TwilioRestError, hang_up
+from gateway.telephony.twilio_rest import TwilioRestError, hang_up, update_call
 from gateway.telephony.twilio_signature import validate_signature
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,17 @@ async def media(request: web.Request) -> web.StreamResponse:
         max_message_bytes=settings.max_message_bytes, chunk_ms=settings.twilio_chunk_ms
     )
 
+    conversations = app[keys.CONVERSATIONS]
+
+    def make_conversation(session: CallSession) -> Conversation:
+        if settings.twilio_account_sid and settings.twilio_auth_token:
+
+            async def transfer(target: str) -> bool:
+                return await _transfer(app, session.call_id, target)
+
+            session.transfer = transfer
+        return conversations(session)
+
     async def on_call_end(session: CallSession) -> None:
         # Closing the socket already ends the call (no TwiML after </Connect>); the REST update
         # also ends it when Twilio would otherwise keep the caller on the line.
@@ -151,10 +162,33 @@ async def media(request: web.Request) -> web.StreamResponse:
         config=DriverConfig(Transport.TWILIO, settings.max_call_seconds),
         registry=app[keys.CALLS],
         metrics=app[keys.METRICS],
-        make_conversation=app[keys.CONVERSATIONS],
+        make_conversation=make_conversation,
         on_call_end=on_call_end,
     )
     return ws
+
+
+async def _transfer(app: web.Application, call_sid: str, target: str) -> bool:
+    """Redirect the live call to ``<Dial>target</Dial>`` over REST (twilio.md §1.6).
+
+    Twilio then leaves ``<Connect><Stream>``, which stops our media stream. False (logged,
+    counted) when the target is not dialable or the REST call fails.
+    """
+    settings = app[keys.SETTINGS]
+    try:
+        body = twiml.dial(target)
+        return await update_call(
+            app[keys.HTTP_CLIENT],
+            base_url=settings.twilio_api_base_url,
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token,
+            call_sid=call_sid,
+            form={"Twiml": body},
+        )
+    except (ValueError, TwilioRestError) as exc:
+        app[keys.METRICS].carrier_api_errors.labels(Transport.TWILIO.value, "transfer").inc()
+        log.warning("transfer failed: %s", exc)
+        return False
 
 
 def add_routes(app: web.Application) -> None:

@@ -52,8 +52,13 @@ class Rig:
     def requests(self) -> list[dict[str, Any]]:
         return self.agent[REQUESTS_KEY]
 
-    def caller(self) -> TwilioCaller:
-        return TwilioCaller(self.client.session, str(self.client.make_url("/twilio/media")))
+    def caller(self, token: str = "") -> TwilioCaller:
+        return TwilioCaller(
+            self.client.session,
+            str(self.client.make_url("/twilio/media")),
+            public_ws_url="wss://gw.example.com/twilio/media",
+            auth_token=token,
+        )
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         value = self.client.app[keys.METRICS].registry.get_sample_value(name, labels or {})
@@ -283,3 +288,34 @@ async def test_nothing_is_left_running_after_calls(rig: Any) -> None:
         and n.split(":")[0] in {"turn", "ticker", "conversation", "barge-in", "max_duration"}
     ], names
     assert r.metric("gateway_call_tasks_leaked_total") == 0
+
+
+async def test_agent_transfer_redirects_the_twilio_call_to_dial(
+    rig: Any, aiohttp_server: Any
+) -> None:
+    updates: list[dict[str, str]] = []
+
+    async def update(request: web.Request) -> web.Response:
+        updates.append(dict(await request.post()))  # type: ignore[arg-type]
+        return web.json_response({"status": "in-progress"})
+
+    rest = web.Application()
+    rest.router.add_post("/2010-04-01/Accounts/{account}/Calls/{call}.json", update)
+    rest_server: TestServer = await aiohttp_server(rest)
+    r: Rig = await rig(
+        "actions",
+        agent_knobs={
+            "reply": "سأحولك الآن إلى أحد موظفينا، انتظر لحظة من فضلك.",
+            "transfer": "+15551234567",
+        },
+        twilio_auth_token="tok",
+        twilio_account_sid="AC1",
+        twilio_api_base_url=str(rest_server.make_url("")).rstrip("/"),
+    )
+    async with r.caller(token="tok") as call:
+        await wait_for(lambda: call.stats.marks_echoed >= 2)
+        await call.play(utterance(), realtime=True)
+        await wait_for(lambda: len(updates) == 1)
+        # The reply was heard before the transfer.
+        assert "t2.s0" in call.stats.mark_echo_times
+    assert "<Dial><Number>+15551234567</Number></Dial>" in updates[0]["Twiml"]
