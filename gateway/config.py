@@ -104,8 +104,12 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ("REPROMPT_AFTER", "8", "seconds of caller silence before a re-prompt; 0 = never"),
     ("REPROMPT_TEXT", "هل ما زلت معي؟ تفضل بالكلام من فضلك.", "the re-prompt"),
     ("REPROMPT_MAX", "2", "re-prompts without an answer before hanging up"),
-    ("PLAYOUT_PREBUFFER_MS", "0", "hold a reply's first audio up to this long for the next TTS "
-     "chunk (smooths providers whose later chunks lag; costs that much latency)"),
+    (
+        "PLAYOUT_PREBUFFER_MS",
+        "0",
+        "hold a reply's first audio up to this long for the next TTS "
+        "chunk (smooths providers whose later chunks lag; costs that much latency)",
+    ),
     ("DTMF_TIMEOUT_MS", "1500", "digits pressed within this gap are sent to the agent together"),
     ("HAMSA_API_KEY", "", "Hamsa API key; empty runs the embedded Hamsa simulator"),
     (

@@ -125,6 +125,12 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.pacing_lateness = Histogram(
+            "gateway_audiosocket_pacing_lateness_seconds",
+            "How late each AudioSocket pacer tick ran after its 20 ms frame deadline.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08),
+            registry=r,
+        )
         # --- hamsa
         self.hamsa_connections = Counter(
             "gateway_hamsa_connections_total",

@@ -18,8 +18,9 @@ from gateway.config import AgentMode, Settings
 from gateway.conversations import conversation_factory
 from gateway.metrics import Metrics
 from gateway.readiness import Probe, Readiness
-from gateway.server import health, keys, twilio_routes
+from gateway.server import asterisk_routes, health, keys, twilio_routes
 from gateway.speech.hamsa.service import HamsaService
+from gateway.telephony.audiosocket_server import AudioSocketServer
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     if settings.agent is not AgentMode.PARROT:
         app.cleanup_ctx.append(_speech)
         app.cleanup_ctx.append(_brain)
+    if settings.audiosocket_port is not None:
+        app.cleanup_ctx.append(_audiosocket)  # after speech and brain: calls use them
     health.add_routes(app)
     twilio_routes.add_routes(app)
+    asterisk_routes.add_routes(app)
     return app
 
 
@@ -70,3 +74,30 @@ async def _brain(app: web.Application) -> AsyncIterator[None]:
     """Where replies come from: the webhook (shared HTTP pool) or the built-in echo agent."""
     app[keys.BRAIN] = make_brain(app[keys.SETTINGS], app[keys.HTTP_CLIENT])
     yield
+
+
+async def _audiosocket(app: web.Application) -> AsyncIterator[None]:
+    """The AudioSocket TCP listener (``AUDIOSOCKET_PORT``); closing it ends its calls."""
+    settings = app[keys.SETTINGS]
+    assert settings.audiosocket_port is not None
+    server = AudioSocketServer(
+        host=settings.host,
+        port=settings.audiosocket_port,
+        allow=settings.audiosocket_allow,
+        registry=app[keys.CALLS],
+        metrics=app[keys.METRICS],
+        make_conversation=app[keys.CONVERSATIONS],
+        max_call_seconds=settings.max_call_seconds,
+    )
+    await server.start()
+    app[keys.AUDIOSOCKET] = server
+    log.info(
+        "AudioSocket listening on %s:%d, allowed sources %s",
+        settings.host,
+        server.port,
+        ",".join(settings.audiosocket_allow),
+    )
+    try:
+        yield
+    finally:
+        await server.aclose()

@@ -11,6 +11,7 @@ from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.readiness import Readiness
 from gateway.speech.hamsa.service import HamsaService
+from gateway.telephony.audiosocket_server import AudioSocketServer
 from gateway.telephony.driver import ConversationFactory
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,3 +22,4 @@ HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 CONVERSATIONS: web.AppKey[ConversationFactory] = web.AppKey("conversations")
 SPEECH = web.AppKey("speech", HamsaService)
 BRAIN: web.AppKey[Brain] = web.AppKey("brain")
+AUDIOSOCKET = web.AppKey("audiosocket", AudioSocketServer)  # only when AUDIOSOCKET_PORT is set

@@ -32,10 +32,12 @@ from gateway.telephony.events import (
     CallEnded,
     CallerAudio,
     CallStarted,
+    ClearAudio,
     Hangup,
     Ignored,
     InboundEvent,
     Malformed,
+    MarkPlayed,
     OutboundEvent,
     PlayAudio,
     Transport,
@@ -56,7 +58,15 @@ _CLEANUP_GRACE_SECONDS = 15.0
 
 
 class MediaProtocol(Protocol):
-    """What a sans-I/O WebSocket media protocol offers the driver."""
+    """What a sans-I/O WebSocket media protocol offers the driver.
+
+    Two optional methods are used when present (Asterisk chan_websocket has them, Twilio
+    does not): ``data_to_send() -> Sequence[str | bytes]``, wire output produced while
+    processing input (audio held during MEDIA_XOFF released by MEDIA_XON), written after
+    every receive; and ``retire_flushed_marks() -> Sequence[MarkPlayed]``, marks a
+    :class:`ClearAudio` dropped without the carrier ever echoing them, delivered to the
+    conversation right after the clear is written.
+    """
 
     def receive_text(self, text: str) -> list[InboundEvent]: ...
 
@@ -75,8 +85,8 @@ class DriverConfig:
     start_timeout: float = 15.0
 
 
-class _BadInputLog:
-    """Counts every bad input; logs each reason once per call."""
+class BadInputLog:
+    """Counts every bad input; logs each reason once per call (shared with AudioSocket)."""
 
     def __init__(self, metrics: Metrics, transport: Transport) -> None:
         self._metrics = metrics
@@ -148,13 +158,20 @@ async def _drive(
     on_call_end: Callable[[CallSession], Awaitable[None]] | None,
 ) -> None:
     transport = config.transport
-    bad = _BadInputLog(metrics, transport)
+    bad = BadInputLog(metrics, transport)
     frames_out = metrics.frames.labels(transport.value, "out")
 
-    async def send_wire(event: OutboundEvent) -> None:
-        if ws.closed:
-            return
-        messages = protocol.send(event)
+    pending_output: Callable[[], Sequence[str | bytes]] | None = getattr(
+        protocol, "data_to_send", None
+    )
+    retire_marks: Callable[[], Sequence[MarkPlayed]] | None = getattr(
+        protocol, "retire_flushed_marks", None
+    )
+
+    async def write(messages: Sequence[str | bytes]) -> bool:
+        # Uncompressed aiohttp frames are written to the transport before send_* first
+        # suspends, so messages from the conversation task and the receive loop keep the
+        # order in which the protocol produced them.
         try:
             for message in messages:
                 if isinstance(message, str):
@@ -162,9 +179,22 @@ async def _drive(
                 else:
                     await ws.send_bytes(message)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            return  # the carrier went away; the receive loop sees the close
+            return False  # the carrier went away; the receive loop sees the close
+        return True
+
+    async def send_wire(event: OutboundEvent) -> None:
+        if ws.closed:
+            return
+        messages = protocol.send(event)
+        if not await write(messages):
+            return
         if isinstance(event, PlayAudio):
             frames_out.inc(len(messages))
+        elif retire_marks is not None and isinstance(event, ClearAudio):
+            conversation = session.conversation
+            for mark in retire_marks():
+                if conversation is not None:
+                    conversation.on_event(mark)
 
     # ---- phase 1: wait for the call to start (bounded)
     started: CallStarted | None = None
@@ -233,12 +263,16 @@ async def _drive(
         session.start(conversation)
         on_event = conversation.on_event
         frames_in = metrics.frames.labels(transport.value, "in")
-        session.spawn(_max_duration(session, config.max_call_seconds), "max_duration")
+        session.spawn(max_duration(session, config.max_call_seconds), "max_duration")
         ending = False
         async for msg in ws:
             events = _decode(msg, protocol, bad)
             if events is None:
                 break
+            if pending_output is not None:
+                output = pending_output()
+                if output:
+                    await write(output)
             for event in events:
                 if type(event) is CallerAudio:  # the hot path first
                     frames_in.inc()
@@ -290,7 +324,7 @@ async def _drive(
             call_id_var.reset(token)
 
 
-async def _max_duration(session: CallSession, seconds: float) -> None:
+async def max_duration(session: CallSession, seconds: float) -> None:
     """Hang up when the call reaches its maximum duration (a task the call owns)."""
     await asyncio.sleep(seconds)
     log.info("maximum call duration (%.0f s) reached", seconds)
@@ -306,7 +340,7 @@ async def _close_after_send(
 
 
 def _decode(
-    msg: aiohttp.WSMessage, protocol: MediaProtocol, bad: _BadInputLog
+    msg: aiohttp.WSMessage, protocol: MediaProtocol, bad: BadInputLog
 ) -> list[InboundEvent] | None:
     """Wire message -> events; None when the socket is closing or failed."""
     kind = msg.type

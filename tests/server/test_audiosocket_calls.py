@@ -1,0 +1,426 @@
+"""Whole AudioSocket calls over real TCP on 127.0.0.1, against the simulated Asterisk peer.
+
+The peer (gateway.sim.asterisk_caller.AudioSocketCaller) treats any kind other than 0x00 or
+audio, or an empty audio packet, as a protocol error, as ``app_audiosocket.c`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.calls import CallRegistry, CallSession, Conversation
+from gateway.config import AgentMode
+from gateway.metrics import Metrics
+from gateway.server import keys
+from gateway.server.app import create_app
+from gateway.sim.asterisk_caller import AudioSocketCaller, packet
+from gateway.sim.hamsa_sim import SimConfig, create_sim_app
+from gateway.telephony.audiosocket_server import AudioSocketServer
+from gateway.telephony.events import (
+    PCM16_8K,
+    CallEnded,
+    ClearAudio,
+    Dtmf,
+    InboundEvent,
+    MarkPlayed,
+    PlayAudio,
+    SetMark,
+)
+from tests.agent.audio import silence, voiced
+from tests.agent.fake_agents import REQUESTS_KEY, make_agent_app
+from tests.conftest import TIMEOUT, make_settings
+
+FRAME = 320  # 20 ms of slin 8 kHz
+ZERO = bytes(FRAME)
+
+
+def tone(frames: int, seed: int = 1) -> bytes:
+    """Distinct non-silent slin frames (no frame is all zeros)."""
+    return bytes(((i * 7 + seed * 13 + (i // FRAME) * 31) % 251) | 1 for i in range(frames * FRAME))
+
+
+def audible(pcm: bytes) -> bytes:
+    """The non-silent 20 ms frames of what the caller heard, in order."""
+    chunks = (pcm[i : i + FRAME] for i in range(0, len(pcm), FRAME))
+    return b"".join(c for c in chunks if c != ZERO[: len(c)])
+
+
+class Recorder:
+    def __init__(self, session: CallSession) -> None:
+        self.session = session
+        self.events: list[InboundEvent] = []
+
+    def on_event(self, event: InboundEvent) -> None:
+        self.events.append(event)
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def finish(self) -> None:
+        return None
+
+    def marks(self) -> list[MarkPlayed]:
+        return [e for e in self.events if isinstance(e, MarkPlayed)]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def other_tasks() -> set[asyncio.Task[Any]]:
+    current = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
+
+
+class Gateway:
+    def __init__(self, client: TestClient, recorders: list[Recorder]) -> None:
+        self.client = client
+        self.recorders = recorders
+
+    @property
+    def port(self) -> int:
+        port: int = self.client.app[keys.AUDIOSOCKET].port  # type: ignore[index]
+        return port
+
+    def caller(self, **kwargs: Any) -> AudioSocketCaller:
+        return AudioSocketCaller("127.0.0.1", self.port, **kwargs)
+
+    @property
+    def calls(self) -> int:
+        count: int = self.client.app[keys.CALLS].count  # type: ignore[index]
+        return count
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        registry = self.client.app[keys.METRICS].registry  # type: ignore[index]
+        value = registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else float(value)
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def gateway(aiohttp_client: Any) -> GatewayFactory:
+    async def start(record: bool = False, **overrides: Any) -> Gateway:
+        settings = make_settings(
+            **{"agent": AgentMode.PARROT, "host": "127.0.0.1", "audiosocket_port": 0, **overrides}
+        )
+        app = create_app(settings)
+        recorders: list[Recorder] = []
+        if record:
+
+            def factory(session: CallSession) -> Conversation:
+                recorder = Recorder(session)
+                recorders.append(recorder)
+                return recorder
+
+            app[keys.CONVERSATIONS] = factory
+        client: TestClient = await aiohttp_client(app)
+        return Gateway(client, recorders)
+
+    return start
+
+
+# ------------------------------------------------------------------- admission
+
+
+async def test_source_outside_the_allowed_networks_is_closed_at_once(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await gateway(audiosocket_allow=("10.0.0.0/8",))
+    for _ in range(2):
+        async with gw.caller() as call:
+            await call.wait_done(TIMEOUT)
+            assert call.stats.packets_received == 0
+    assert gw.metric("gateway_auth_failures_total", {"transport": "audiosocket"}) == 2
+    assert len([r for r in caplog.records if "AUDIOSOCKET_ALLOW" in r.getMessage()]) == 1
+    assert gw.calls == 0
+
+
+async def test_at_capacity_the_call_gets_the_hangup_packet(gateway: GatewayFactory) -> None:
+    gw = await gateway(max_calls=1)
+    async with gw.caller() as first:
+        await first.play(tone(1), realtime=False)
+        await wait_for(lambda: gw.calls == 1)
+        async with gw.caller() as second:
+            await second.play(tone(1), realtime=False)
+            await second.wait_done(TIMEOUT)
+            assert second.stats.hangup_received
+    labels = {"transport": "audiosocket", "outcome": "refused_at_capacity"}
+    assert gw.metric("gateway_calls_total", labels) == 1
+
+
+# ---------------------------------------------------------------------- parrot
+
+
+async def test_parrot_call_returns_the_audio_paced_and_leaves_nothing_behind(
+    gateway: GatewayFactory,
+) -> None:
+    gw = await gateway()
+    before = other_tasks()
+    audio = tone(25)
+    async with gw.caller() as call:
+        await call.play(audio, realtime=True)
+        await wait_for(lambda: len(audible(call.heard_audio())) >= len(audio))
+        assert audible(call.heard_audio()) == audio
+        assert set(call.stats.kinds) == {0x10}  # slin 8 kHz only, never 0x01/0x03/0xff
+        assert len(call.heard_audio()) % FRAME == 0  # whole 20 ms frames only
+    await wait_for(lambda: gw.calls == 0)
+    await wait_for(lambda: other_tasks() - before == set())
+    labels = {"transport": "audiosocket", "outcome": "completed"}
+    assert gw.metric("gateway_calls_total", labels) == 1
+    frames_in = {"transport": "audiosocket", "direction": "in"}
+    assert gw.metric("gateway_frames_total", frames_in) == 25
+    assert gw.metric("gateway_audiosocket_pacing_lateness_seconds_count") > 0
+    assert gw.metric("gateway_call_tasks_leaked_total") == 0
+
+
+async def test_silence_keeps_flowing_at_one_frame_per_20_ms_when_idle(
+    gateway: GatewayFactory,
+) -> None:
+    gw = await gateway()
+    async with gw.caller() as call:
+        await call.play(tone(1), realtime=False)
+        await wait_for(lambda: len(call.stats.arrivals) >= 3)
+        start = time.monotonic()
+        first = len(call.stats.arrivals)
+        await asyncio.sleep(0.5)
+        window = [t for t in call.stats.arrivals[first:] if t - start <= 0.5]
+        assert 23 <= len(window) <= 27, len(window)
+        assert call.heard_audio()[-FRAME:] == ZERO  # idle frames are digital silence
+
+
+async def test_wideband_call_keeps_its_rate(gateway: GatewayFactory) -> None:
+    gw = await gateway()
+    audio = bytes((i % 250) | 1 for i in range(640 * 5))
+    async with gw.caller(sample_rate=16000) as call:
+        await call.play(audio, realtime=False)
+        await wait_for(lambda: audio in call.heard_audio())
+        assert set(call.stats.kinds) == {0x12}
+        assert audio in call.heard_audio()
+
+
+async def test_packets_split_anywhere_are_reassembled(gateway: GatewayFactory) -> None:
+    gw = await gateway()
+    audio = tone(6, seed=3)
+    call = gw.caller()
+    await call.connect(send_uuid=False)
+    try:
+        wire = packet(0x01, call.uuid.bytes) + b"".join(
+            packet(0x10, audio[i : i + FRAME]) for i in range(0, len(audio), FRAME)
+        )
+        for size in (1, 2, 3, 5, 7, 320, 11):  # cuts through headers and payloads
+            chunk, wire = wire[:size], wire[size:]
+            await call.send_raw(chunk)
+            await asyncio.sleep(0.002)
+        await call.send_raw(wire)
+        await wait_for(lambda: len(audible(call.heard_audio())) >= len(audio))
+        assert audible(call.heard_audio()) == audio
+    finally:
+        await call.close()
+
+
+async def test_unknown_kind_is_counted_and_the_call_continues(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await gateway()
+    async with gw.caller() as victim, gw.caller() as bystander:
+        await victim.play(tone(1), realtime=False)
+        await bystander.play(tone(1), realtime=False)
+        await wait_for(lambda: gw.calls == 2)
+        for _ in range(2):
+            await victim.send_raw(packet(0x42, b"?"))
+        await victim.play(tone(2, seed=5), realtime=False)
+        await wait_for(lambda: len(audible(victim.heard_audio())) >= 3 * FRAME)
+        await bystander.play(tone(2, seed=9), realtime=False)
+        await wait_for(lambda: len(audible(bystander.heard_audio())) >= 3 * FRAME)
+        assert not victim.done and not bystander.done
+    labels = {"transport": "audiosocket", "reason": "unknown_kind"}
+    assert gw.metric("gateway_malformed_input_total", labels) == 2
+    assert len([r for r in caplog.records if "unknown_kind" in r.getMessage()]) == 1
+
+
+async def test_dtmf_reaches_the_conversation(gateway: GatewayFactory) -> None:
+    gw = await gateway(record=True)
+    async with gw.caller() as call:
+        await call.press("4")  # before any audio: held until the call starts
+        await call.play(tone(1), realtime=False)
+        await call.press("#")
+        await wait_for(lambda: len(gw.recorders) == 1)
+        rec = gw.recorders[0]
+        await wait_for(lambda: sum(isinstance(e, Dtmf) for e in rec.events) == 2)
+        assert [e.digit for e in rec.events if isinstance(e, Dtmf)] == ["4", "#"]
+        assert rec.session.call_id == str(call.uuid)
+
+
+# ----------------------------------------------------------------------- hang-up
+
+
+@pytest.mark.parametrize("how", ["hangup_packet", "eof"])
+async def test_caller_hangup_ends_the_call(gateway: GatewayFactory, how: str) -> None:
+    gw = await gateway(record=True)
+    call = gw.caller()
+    await call.connect()
+    try:
+        await call.play(tone(1), realtime=False)
+        await wait_for(lambda: gw.calls == 1)
+        if how == "hangup_packet":
+            await call.send_hangup_packet()
+        else:
+            await call.close()
+        await wait_for(lambda: gw.calls == 0)
+        assert isinstance(gw.recorders[0].events[-1], CallEnded)
+    finally:
+        await call.close()
+    labels = {"transport": "audiosocket", "outcome": "completed"}
+    assert gw.metric("gateway_calls_total", labels) == 1
+
+
+async def test_gateway_hangup_sends_the_hangup_packet(gateway: GatewayFactory) -> None:
+    gw = await gateway(max_call_seconds=0.3)
+    async with gw.caller() as call:
+        await call.play(tone(1), realtime=False)
+        await call.wait_done(TIMEOUT)
+        assert call.stats.hangup_received
+        assert call.stats.kinds[-1] == 0x00
+        assert call.stats.protocol_errors == []
+    await wait_for(lambda: gw.calls == 0)
+    labels = {"transport": "audiosocket", "outcome": "max_duration"}
+    assert gw.metric("gateway_calls_total", labels) == 1
+
+
+# -------------------------------------------------------------- marks and clear
+
+
+async def test_marks_fire_on_the_frame_clock_and_clear_retires_them(
+    gateway: GatewayFactory,
+) -> None:
+    gw = await gateway(record=True)
+    async with gw.caller() as call:
+        await call.play(tone(1), realtime=False)
+        await wait_for(lambda: len(gw.recorders) == 1)
+        rec = gw.recorders[0]
+        sent_at = time.monotonic()
+        await rec.session.send(PlayAudio(tone(10, seed=7)[:-100]))  # partial last frame
+        await rec.session.send(SetMark("s0"))
+        await wait_for(lambda: bool(rec.marks()))
+        elapsed = time.monotonic() - sent_at
+        assert rec.marks() == [MarkPlayed("s0", played=True)]
+        assert 0.15 <= elapsed < 1.0, elapsed  # 10 frames at 20 ms, not at once
+        await rec.session.send(PlayAudio(tone(100, seed=8)))
+        await rec.session.send(SetMark("s1"))
+        await rec.session.send(ClearAudio())
+        assert rec.marks()[-1] == MarkPlayed("s1", played=False)
+        heard = len(audible(call.heard_audio()))
+        await asyncio.sleep(0.1)
+        assert len(audible(call.heard_audio())) - heard <= 2 * FRAME  # the rest was dropped
+
+
+async def test_no_audio_after_the_uuid_starts_the_call_at_8khz() -> None:
+    metrics = Metrics()
+    registry = CallRegistry(10, metrics)
+    recorders: list[Recorder] = []
+
+    def factory(session: CallSession) -> Conversation:
+        recorders.append(Recorder(session))
+        return recorders[-1]
+
+    server = AudioSocketServer(
+        host="127.0.0.1",
+        port=0,
+        allow=("127.0.0.1/32",),
+        registry=registry,
+        metrics=metrics,
+        make_conversation=factory,
+        max_call_seconds=60,
+        audio_wait=0.1,
+    )
+    await server.start()
+    try:
+        async with AudioSocketCaller("127.0.0.1", server.port, call_uuid=uuid.UUID(int=7)) as call:
+            await wait_for(lambda: len(call.stats.arrivals) >= 3)  # silence flows
+            assert recorders[0].session.audio_format == PCM16_8K
+            assert recorders[0].session.call_id == str(uuid.UUID(int=7))
+    finally:
+        await server.aclose()
+    assert registry.count == 0 and server.connections == 0
+
+
+# ------------------------------------------------------------------ voice agent
+
+TRANSCRIPT = "مرحبا، أريد أن أعرف حالة الطقس اليوم في الرياض من فضلك"
+REPLY = "الطقس اليوم مشمس وجميل في الرياض. هل تريد أن أخبرك عن توقعات الغد أيضا؟"
+
+
+async def test_voice_agent_call_over_audiosocket(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    sim: TestServer = await aiohttp_server(
+        create_sim_app(
+            SimConfig(
+                connect_delay=0.05,
+                first_audio_delay=0.05,
+                realtime_factor=20.0,
+                stt_delay=0.05,
+                stt_script=(TRANSCRIPT,),
+                espeak="",
+                ping_interval=3600.0,
+                ms_per_char=12.0,
+            )
+        )
+    )
+    agent_app = make_agent_app("n8n", reply=REPLY)
+    agent: TestServer = await aiohttp_server(agent_app)
+    settings = make_settings(
+        agent=AgentMode.WEBHOOK,
+        agent_webhook_url=str(agent.make_url("/webhook/agent")),
+        hamsa_api_key="test-hamsa-key",
+        hamsa_base_url=str(sim.make_url("")).rstrip("/"),
+        hamsa_pool_min_idle=2,
+        hamsa_retry_delay=0.05,
+        hamsa_short_audio_ms_per_char=4.0,
+        endpoint_silence_ms=400,
+        greeting_text="أهلا وسهلا بك",
+        reprompt_after=0,
+        call_record_path=str(tmp_path / "calls.jsonl"),
+        host="127.0.0.1",
+        audiosocket_port=0,
+    )
+    client: TestClient = await aiohttp_client(create_app(settings))
+    port = client.app[keys.AUDIOSOCKET].port  # type: ignore[index]
+    async with AudioSocketCaller("127.0.0.1", port) as call:
+        await call.play(silence(0.1), realtime=False)
+        await wait_for(lambda: len(audible(call.heard_audio())) > 2000)  # the greeting
+        requests = agent_app[REQUESTS_KEY]
+        await call.play(voiced(0.8) + silence(0.9), realtime=True)
+        await wait_for(lambda: any(q.get("event") == "utterance" for q in requests))
+        greeting = len(audible(call.heard_audio()))
+        await wait_for(lambda: len(audible(call.heard_audio())) - greeting > 8000)
+        assert call.stats.protocol_errors == []
+    request = next(q for q in requests if q.get("event") == "utterance")
+    assert request["text"] == TRANSCRIPT
+    assert request["call"]["transport"] == "audiosocket"
+    await wait_for(lambda: any(q.get("event") == "call.ended" for q in requests))
+    record = json.loads((tmp_path / "calls.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    turn = next(t for t in record["turns"] if t["kind"] == "utterance")
+    assert turn["reply"] == REPLY
+    assert "heard" in turn["timings"]  # the first-frame mark fired on the pacer's clock
+
+
+def test_packet_helper_matches_the_reference_examples() -> None:
+    # shared/protocols/asterisk.md §3.3: DTMF '5' is 03 00 01 35, hang-up is 00 00 00.
+    assert packet(0x03, b"5") == bytes.fromhex("03000135")
+    assert packet(0x00) == b"\x00\x00\x00"
+    assert struct.unpack(">BH", packet(0x10, bytes(320))[:3]) == (0x10, 320)
