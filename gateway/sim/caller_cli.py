@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -74,10 +75,29 @@ class CallReport:
 
 
 class Microphone:
-    """The caller's audio: queued speech, otherwise silence, one 20 ms frame per tick."""
+    """The caller's audio: queued speech, otherwise silence, one 20 ms frame per tick.
 
-    def __init__(self, call: TwilioCaller) -> None:
-        self._call = call
+    Carriers send audio continuously, silence included (that is how the gateway's endpointer
+    sees the end of an utterance). ``send`` writes one frame in the transport's format;
+    ``say`` takes 8 kHz μ-law and ``encode`` converts it to that format.
+    """
+
+    def __init__(
+        self,
+        call: TwilioCaller | None = None,
+        *,
+        send: Callable[[bytes], Awaitable[None]] | None = None,
+        encode: Callable[[bytes], bytes] = bytes,
+        frame_bytes: int = FRAME_BYTES,
+    ) -> None:
+        if send is None:
+            if call is None:
+                raise ValueError("Microphone needs a TwilioCaller or a send function")
+            send = call.send_frame
+        self._send = send
+        self._encode = encode
+        self._frame_bytes = frame_bytes
+        self._silence = encode(ULAW_SILENCE * FRAME_BYTES)
         self._frames: deque[bytes] = deque()
         self.spoken_until = 0.0  # monotonic time the last queued speech frame will be sent
 
@@ -91,9 +111,8 @@ class Microphone:
         last_voiced = 0
         for index, offset in enumerate(range(0, len(ulaw), FRAME_BYTES)):
             frame = ulaw[offset : offset + FRAME_BYTES].ljust(FRAME_BYTES, ULAW_SILENCE)
-            self._frames.append(frame)
-            samples = np.frombuffer(ulaw_to_pcm16(frame), dtype=np.int16).astype(np.float32)
-            if float(np.sqrt(np.mean(samples * samples))) > VOICED_RMS:
+            self._frames.append(self._encode(frame))
+            if _is_voiced(ulaw_to_pcm16(frame)):
                 last_voiced = index + 1
         now = time.monotonic()
         self.spoken_until = now + len(self._frames) * FRAME_SECONDS
@@ -106,9 +125,50 @@ class Microphone:
             delay = start + index * FRAME_SECONDS - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            frame = self._frames.popleft() if self._frames else ULAW_SILENCE * FRAME_BYTES
-            await self._call.send_frame(frame)
+            await self._send(self._frames.popleft() if self._frames else self._silence)
             index += 1
+
+
+def _is_voiced(pcm: bytes) -> bool:
+    if not pcm:
+        return False
+    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float32)
+    return float(np.sqrt(np.mean(samples * samples))) > VOICED_RMS
+
+
+class HeardClock:
+    """When did the caller hear reply audio? Polls a growing "heard" buffer (PCM16 8 kHz).
+
+    For transports whose fake peer records what it played but not when (Asterisk), a 20 ms
+    poll marks the time each voiced stretch was heard.
+    """
+
+    def __init__(self, heard: Callable[[], bytes]) -> None:
+        self._heard = heard
+        self._seen = 0
+        self.voiced_at: list[float] = []
+
+    def poll(self) -> None:
+        data = self._heard()
+        fresh, self._seen = data[self._seen :], len(data)
+        for offset in range(0, len(fresh) - 319, 320):
+            if _is_voiced(fresh[offset : offset + 320]):
+                self.voiced_at.append(time.monotonic())
+                return
+
+    def first_after(self, since: float) -> float | None:
+        return next((t for t in self.voiced_at if t >= since), None)
+
+    async def wait_reply(self, since: float, timeout: float) -> float | None:
+        """Wait for reply audio heard after ``since`` and then quiet; return when it began."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(FRAME_SECONDS)
+            self.poll()
+            first = self.first_after(since)
+            if first is not None and time.monotonic() - self.voiced_at[-1] >= QUIET_SECONDS:
+                return first
+        return self.first_after(since)
 
 
 async def _wait_reply(call: TwilioCaller, since: float, timeout: float) -> bool:
@@ -218,6 +278,66 @@ async def place_twilio_call(
     return report
 
 
+async def place_asterisk_call(
+    base_url: str,
+    utterances: list[bytes],
+    *,
+    transport: str,
+    username: str = "",
+    password: str = "",
+    audiosocket_port: int = 9092,
+    ws_path: str = "/asterisk/media",
+    pause: float = 1.0,
+) -> CallReport:
+    """One simulated Asterisk call (chan_websocket, JSON control, μ-law; or AudioSocket slin)."""
+    from gateway.sim.asterisk_caller import AsteriskWsCaller, AudioSocketCaller
+
+    report = CallReport(call_sid="")
+    async with aiohttp.ClientSession() as http:
+        heard: Callable[[], bytes]
+        if transport == "asterisk_ws":
+            ws = AsteriskWsCaller(
+                http,
+                base_url.replace("http", "ws", 1) + ws_path,
+                username=username,
+                password=password,
+                control_format="json",
+                codec="ulaw",
+            )
+            await ws.connect()
+            report.call_sid = ws.channel_id
+            mic = Microphone(send=ws.send_bytes)
+            heard = lambda: ulaw_to_pcm16(bytes(ws.played))  # noqa: E731
+            closer: Callable[[], Awaitable[None]] = ws.close
+        else:
+            host = urlsplit(base_url).hostname or "127.0.0.1"
+            sock = AudioSocketCaller(host, audiosocket_port)
+            await sock.connect()
+            report.call_sid = str(sock.uuid)
+            mic = Microphone(send=sock.send_audio, encode=ulaw_to_pcm16, frame_bytes=320)
+            heard = sock.heard_audio
+            closer = sock.close
+        clock = HeardClock(heard)
+        mic_task = asyncio.create_task(mic.run())
+        try:
+            report.greeting_heard = await clock.wait_reply(0.0, REPLY_TIMEOUT) is not None
+            for ulaw in utterances:
+                await asyncio.sleep(pause)
+                speech_end = mic.say(ulaw)
+                await asyncio.sleep(max(0.0, speech_end - time.monotonic()))
+                turn = TurnTiming(speech_end)
+                report.turns.append(turn)
+                turn.first_audio_heard = await clock.wait_reply(speech_end, REPLY_TIMEOUT)
+                turn.first_audio_received = turn.first_audio_heard
+        finally:
+            mic_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mic_task
+            report.heard_ulaw = pcm16_to_ulaw(heard())
+            await closer()
+    return report
+
+
 def load_utterance(path: str | Path) -> bytes:
     """A WAV (or other audio file, with ffmpeg) as 8 kHz μ-law caller audio."""
     return pcm16_to_ulaw(load_audio(path, 8000))
@@ -303,6 +423,25 @@ def call_main(argv: list[str]) -> int:
     )
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL")
     parser.add_argument(
+        "--transport",
+        choices=("twilio", "asterisk_ws", "audiosocket"),
+        default="twilio",
+        help="which carrier to behave like",
+    )
+    parser.add_argument(
+        "--username",
+        default=os.environ.get("ASTERISK_WS_USERNAME", ""),
+        help="asterisk_ws: Basic user (env ASTERISK_WS_USERNAME)",
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("ASTERISK_WS_PASSWORD", ""),
+        help="asterisk_ws: Basic password (env ASTERISK_WS_PASSWORD)",
+    )
+    parser.add_argument(
+        "--audiosocket-port", type=int, default=int(os.environ.get("AUDIOSOCKET_PORT") or 9092)
+    )
+    parser.add_argument(
         "--public-url", help="PUBLIC_URL the gateway signs against (default: --url)"
     )
     parser.add_argument(
@@ -326,13 +465,24 @@ def call_main(argv: list[str]) -> int:
         utterances += [await synthesize_utterance(t) for t in args.say]
         if not utterances:
             utterances = [bundled_utterance()]
-        report = await place_twilio_call(
-            args.url.rstrip("/"),
-            utterances,
-            token=args.token,
-            public_url=args.public_url,
-            pause=args.pause,
-        )
+        if args.transport == "twilio":
+            report = await place_twilio_call(
+                args.url.rstrip("/"),
+                utterances,
+                token=args.token,
+                public_url=args.public_url,
+                pause=args.pause,
+            )
+        else:
+            report = await place_asterisk_call(
+                args.url.rstrip("/"),
+                utterances,
+                transport=args.transport,
+                username=args.username,
+                password=args.password,
+                audiosocket_port=args.audiosocket_port,
+                pause=args.pause,
+            )
         return _print_report(report, args.out, args.record_file)
 
     return asyncio.run(main())
