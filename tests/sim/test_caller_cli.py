@@ -1,0 +1,90 @@
+"""`gateway call` against a live gateway over each transport (fast simulator timings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.config import AgentMode
+from gateway.server import keys
+from gateway.server.app import create_app
+from gateway.sim.caller_cli import (
+    CallReport,
+    bundled_utterance,
+    place_asterisk_call,
+    place_twilio_call,
+    waterfall,
+)
+from gateway.sim.hamsa_sim import SimConfig, create_sim_app
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+async def gateway(aiohttp_server: Any, tmp_path: Path) -> tuple[TestServer, Path]:
+    sim: TestServer = await aiohttp_server(
+        create_sim_app(
+            SimConfig(
+                connect_delay=0.05,
+                first_audio_delay=0.05,
+                realtime_factor=20.0,
+                stt_delay=0.05,
+                espeak="",
+                ping_interval=3600.0,
+                ms_per_char=12.0,
+            )
+        )
+    )
+    record = tmp_path / "calls.jsonl"
+    settings = make_settings(
+        agent=AgentMode.ECHO,
+        hamsa_api_key="k",
+        hamsa_base_url=str(sim.make_url("")).rstrip("/"),
+        hamsa_short_audio_ms_per_char=4.0,
+        asterisk_ws_username="pbx",
+        asterisk_ws_password="secret",
+        audiosocket_port=0,
+        host="127.0.0.1",
+        call_record_path=str(record),
+        reprompt_after=0,
+        greeting_text="أهلا وسهلا بك في خدمة العملاء، تفضل بالكلام.",
+    )
+    server: TestServer = await aiohttp_server(create_app(settings))
+    return server, record
+
+
+def check(report: CallReport) -> None:
+    assert report.greeting_heard
+    assert len(report.turns) == 1
+    turn = report.turns[0]
+    assert turn.first_audio_heard is not None
+    # Endpointing (600 ms) + fast simulator: the reply is heard within a few seconds.
+    assert 0.6 < turn.first_audio_heard - turn.speech_end < 5.0
+    assert len(report.heard_ulaw) > 4000  # greeting + reply: over half a second heard
+
+
+@pytest.mark.parametrize("transport", ["twilio", "asterisk_ws", "audiosocket"])
+async def test_call_tool_over_each_transport(
+    gateway: tuple[TestServer, Path], transport: str
+) -> None:
+    server, record = gateway
+    base = str(server.make_url("")).rstrip("/")
+    utterance = bundled_utterance()
+    if transport == "twilio":
+        report = await place_twilio_call(base, [utterance], pause=0.2)
+    else:
+        port = server.app[keys.AUDIOSOCKET].port
+        report = await place_asterisk_call(
+            base,
+            [utterance],
+            transport=transport,
+            username="pbx",
+            password="secret",
+            audiosocket_port=port,
+            pause=0.2,
+        )
+    check(report)
+    table = waterfall(report, None)
+    assert table.splitlines()[2].split()[0] == "1"
