@@ -38,12 +38,14 @@ class Conversation(Protocol):
     """What runs a call: the parrot loopback, the voice agent...
 
     ``on_event`` is called synchronously for every inbound event of the call (CallerAudio 50 times
-    per second: keep it cheap, never block); ``run`` is the conversation's own long-running task,
+    per second: keep it cheap, never block). It may return an awaitable that the transport
+    awaits at once, before reading on: an immediate reply with no task hop (the parrot's echo
+    at zero delay); otherwise None. ``run`` is the conversation's own long-running task,
     started once when the call starts and cancelled when it ends; ``finish`` runs once after
     the call's tasks are gone (records, goodbyes to backends) and must bound its own time.
     """
 
-    def on_event(self, event: InboundEvent) -> None: ...
+    def on_event(self, event: InboundEvent) -> Awaitable[None] | None: ...
 
     async def run(self) -> None: ...
 

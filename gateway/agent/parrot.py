@@ -3,9 +3,10 @@
 The classic parrot test checks a deployment's whole audio path (carrier -> gateway -> carrier)
 without any speech service. Audio is returned in the call's own format, untouched.
 
-With ``delay_ms == 0`` each frame is sent back as soon as it arrives (this is what the echo-latency
-benchmark measures). With a delay, due audio is sent in batches of up to ``batch_ms`` so the
-outbound side makes a few messages per second rather than fifty.
+With ``delay_ms == 0`` each frame is sent back as soon as it arrives, awaited by the transport
+before it reads the next message (this is what the echo-latency benchmark measures). With a
+delay, due audio is sent in batches of up to ``batch_ms`` so the outbound side makes a few
+messages per second rather than fifty.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable
 
 from gateway.calls import CallSession
 from gateway.telephony.events import CallerAudio, InboundEvent, PlayAudio
@@ -28,10 +30,14 @@ class ParrotConversation:
         self._pending: deque[tuple[float, bytes]] = deque()
         self._wake = asyncio.Event()
 
-    def on_event(self, event: InboundEvent) -> None:
+    def on_event(self, event: InboundEvent) -> Awaitable[None] | None:
         if type(event) is CallerAudio:
+            if self._delay == 0.0:
+                # Echo at once, awaited by the transport: no queue, no task hop.
+                return self._session.send(PlayAudio(event.audio))
             self._pending.append((time.monotonic() + self._delay, event.audio))
             self._wake.set()
+        return None
 
     async def run(self) -> None:
         pending = self._pending

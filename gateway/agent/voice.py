@@ -252,7 +252,7 @@ class VoiceAgentConversation:
 
     # ------------------------------------------------------------------ inbound
 
-    def on_event(self, event: InboundEvent) -> None:
+    def on_event(self, event: InboundEvent) -> None:  # never an immediate reply
         if type(event) is CallerAudio:
             pcm = self._inbound.process(event.audio)
             for frame in self._vad_frames.push(pcm):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import json
 import os
@@ -59,6 +60,7 @@ class LoadResult:
     errors: dict[str, int] = field(default_factory=dict)
     machine: str = ""
     mode: str = "parrot"
+    loadgen_late_over_5ms_share: float = 0.0
     turns: int = 0
     barge_ins: int = 0
     turn_latency_ms: dict[str, float] = field(default_factory=dict)
@@ -129,6 +131,7 @@ async def _one_call(
     latencies: list[tuple[float, float]],
     counts: dict[str, int],
     errors: dict[str, int],
+    lateness: list[tuple[float, float]],
 ) -> None:
     call = TwilioCaller(http, ws_url)
     call.track_echo = True
@@ -144,6 +147,8 @@ async def _one_call(
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            else:
+                lateness.append((time.monotonic(), -delay))
             await call.send_frame(os.urandom(FRAME_BYTES))
             index += 1
         await asyncio.sleep(0.2)  # let the last echoes arrive
@@ -279,9 +284,15 @@ async def run_load(
     _check_loopback(base_url)
     ws_url = base_url.replace("http://", "ws://").rstrip("/") + "/twilio/media"
     latencies: list[tuple[float, float]] = []
+    sender_late: list[tuple[float, float]] = []
     counts = {"sent": 0, "returned": 0}
     errors: dict[str, int] = {}
     rss_before = _proc_rss_mib(pid)
+    # The load generator keeps every frame it heard: with a generational collector its full
+    # collections would stall it for milliseconds and show up as gateway latency. It is
+    # bounded in time, so it simply does without cyclic garbage collection while measuring.
+    gc.collect()
+    gc.disable()
     connector = aiohttp.TCPConnector(limit=0)
     hard_stop = time.monotonic() + ramp + duration + 30.0
     agent_totals = AgentCallStats()
@@ -310,7 +321,9 @@ async def run_load(
                     errors,
                 )
             else:
-                call = _one_call(http, ws_url, remaining, hard_stop, latencies, counts, errors)
+                call = _one_call(
+                    http, ws_url, remaining, hard_stop, latencies, counts, errors, sender_late
+                )
             tasks.append(asyncio.create_task(call))
         # Steady-state window: all calls up, skip one second of settling.
         await asyncio.sleep(max(0.0, t0 + ramp + 1.0 - time.monotonic()))
@@ -332,8 +345,13 @@ async def run_load(
         window_end = time.monotonic()
         await asyncio.gather(*tasks)
         window_latencies = [lat for at, lat in latencies if window_start <= at <= window_end]
+        late = [lat for at, lat in sender_late if window_start <= at <= window_end]
+        frames_in_window = max(1, sum(1 for at, _ in latencies if window_start <= at <= window_end))
+        # The load generator's own health: how often (and how late) it missed a 20 ms tick.
+        late_share = len([x for x in late if x > 0.005]) / frames_in_window
     if progress:
         print(file=sys.stderr)
+    gc.enable()
     cpu = cpu_end - cpu_start
     per_call_second = cpu / (calls * window) if window > 0 else 0.0
     turn_latencies: list[float] = []
@@ -357,6 +375,7 @@ async def run_load(
         errors=errors,
         machine=machine_summary(),
         mode=mode,
+        loadgen_late_over_5ms_share=round(late_share, 4) if mode == "parrot" else 0.0,
         turns=agent_totals.turns,
         barge_ins=agent_totals.barge_ins,
         turn_latency_ms=_percentiles(turn_latencies),
@@ -440,6 +459,10 @@ def format_table(result: LoadResult) -> str:
             ),
         ),
         ("frames sent / returned", f"{result.frames_sent} / {result.frames_returned}"),
+        (
+            "load generator late > 5 ms",
+            f"{result.loadgen_late_over_5ms_share * 100:.2f}% of frames",
+        ),
         *agent_rows,
         ("errors", json.dumps(result.errors) if result.errors else "none"),
         ("machine", result.machine),

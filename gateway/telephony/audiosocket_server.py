@@ -295,7 +295,7 @@ class _AudioSocketCall:
             session.start(conversation)
             session.spawn(self._pace(), "pacer")
             session.spawn(max_duration(session, srv._max_call_seconds), "max_duration")
-            if not self._dispatch(rest):
+            if not await self._dispatch(rest):
                 await self._receive_loop()
         finally:
             try:
@@ -320,10 +320,10 @@ class _AudioSocketCall:
             data = await self._read()
             if self._closing:
                 return  # our own hang-up: the EOF that follows it is not the caller's
-            if self._dispatch(proto.receive_data(data) if data else proto.eof()):
+            if await self._dispatch(proto.receive_data(data) if data else proto.eof()):
                 return
 
-    def _dispatch(self, events: list[InboundEvent]) -> bool:
+    async def _dispatch(self, events: list[InboundEvent]) -> bool:
         """Hand events to the conversation; True when the call is over."""
         session = self._session
         assert session is not None and session.conversation is not None
@@ -332,7 +332,9 @@ class _AudioSocketCall:
         for event in events:
             if type(event) is CallerAudio:  # the hot path first
                 frames_in.inc()
-                on_event(event)
+                echo = on_event(event)
+                if echo is not None:
+                    await echo
             elif isinstance(event, Malformed):
                 self._bad.malformed(event)
                 if event.fatal:

@@ -276,7 +276,9 @@ async def _drive(
             for event in events:
                 if type(event) is CallerAudio:  # the hot path first
                     frames_in.inc()
-                    on_event(event)
+                    echo = on_event(event)
+                    if echo is not None:  # an immediate reply (parrot with no delay)
+                        await echo
                 elif isinstance(event, Malformed):
                     bad.malformed(event)
                     if event.fatal:
