@@ -128,6 +128,12 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
         "transcoding; off by default: the PCM path resamples with a real anti-alias filter)",
     ),
     ("HAMSA_POOL_MIN_IDLE", "2", "warm Hamsa connections kept ready"),
+    (
+        "HAMSA_POOL_MAX_CONNECTING",
+        "16",
+        "Hamsa sockets opened at once at most (no connect "
+        "storms; with ~1.2 s per connect, 16 refill ~13 sockets per second)",
+    ),
     ("HAMSA_POOL_MAX_AGE", "1800", "seconds after which an idle warm connection is recycled"),
     ("HAMSA_CONNECT_TIMEOUT", "10", "seconds to open a Hamsa socket"),
     ("HAMSA_TTS_FIRST_AUDIO_TIMEOUT", "5", "seconds to the first TTS audio before retrying"),
@@ -201,6 +207,7 @@ class Settings:
     hamsa_tts_mulaw: bool = False
     hamsa_pool_min_idle: int = 2
     hamsa_pool_max_age: float = 1800.0
+    hamsa_pool_max_connecting: int = 16
     hamsa_connect_timeout: float = 10.0
     hamsa_tts_first_audio_timeout: float = 5.0
     hamsa_tts_gap_timeout: float = 5.0
@@ -418,6 +425,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "hamsa_tts_mulaw": ("HAMSA_TTS_MULAW", _bool),
     "hamsa_pool_min_idle": ("HAMSA_POOL_MIN_IDLE", _int(0, 1000)),
     "hamsa_pool_max_age": ("HAMSA_POOL_MAX_AGE", _float(1, 3500)),
+    "hamsa_pool_max_connecting": ("HAMSA_POOL_MAX_CONNECTING", _int(1, 256)),
     "hamsa_connect_timeout": ("HAMSA_CONNECT_TIMEOUT", _float(0.1, 120)),
     "hamsa_tts_first_audio_timeout": ("HAMSA_TTS_FIRST_AUDIO_TIMEOUT", _float(0.1, 120)),
     "hamsa_tts_gap_timeout": ("HAMSA_TTS_GAP_TIMEOUT", _float(0.1, 120)),

@@ -343,6 +343,7 @@ class VoiceAgentConversation:
 
     async def run(self) -> None:
         self._session.spawn(self._ticker(), "ticker")
+        self._session.spawn(self._speech.prepare(), "speech-prepare")
         self._jobs.put_nowait(Job("greeting"))
         while True:
             job = await self._jobs.get()

@@ -47,7 +47,7 @@ class HamsaService:
         metrics: Metrics,
         http: aiohttp.ClientSession | None = None,
         *,
-        max_connecting: int = 8,
+        max_connecting: int | None = None,
         pool_check_interval: float = 1.0,
         probe_interval: float = 10.0,
         sim_config: Any = None,
@@ -59,7 +59,9 @@ class HamsaService:
         self._metrics = metrics
         self._http = http
         self._own_http = False
-        self._max_connecting = max_connecting
+        self._max_connecting = (
+            settings.hamsa_pool_max_connecting if max_connecting is None else max_connecting
+        )
         self._check_interval = pool_check_interval
         self._sim_config = sim_config
         self._sleep = sleep

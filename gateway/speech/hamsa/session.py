@@ -145,12 +145,33 @@ class HamsaSession:
         self._tts: HamsaConnection | None = None
         self._stt: HamsaConnection | None = None
         self._closed = False
+        # One acquisition at a time per socket kind (prepare() may race the first request).
+        self._locks = {"tts": asyncio.Lock(), "stt": asyncio.Lock()}
 
     def __repr__(self) -> str:
         return f"<HamsaSession call={self.call_id}>"
 
     # -- sockets
+    async def prepare(self) -> None:
+        """Take the call's STT socket now, while the greeting plays.
+
+        The TTS socket is taken by the first reply (usually the greeting); without this the
+        STT socket would be taken at the first utterance, which pays a full connect whenever
+        the warm pool has run dry (a burst of new calls). Failures are left to the request
+        that needs the socket.
+        """
+        if self._closed or self._stt is not None:
+            return
+        try:
+            await self._socket("stt")
+        except HamsaError as exc:
+            log.info("could not prepare the STT socket: %s", exc)
+
     async def _socket(self, which: str) -> HamsaConnection:
+        async with self._locks[which]:
+            return await self._take_socket(which)
+
+    async def _take_socket(self, which: str) -> HamsaConnection:
         held = self._tts if which == "tts" else self._stt
         if held is not None:
             if held.usable:
