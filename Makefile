@@ -8,7 +8,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
 
-.PHONY: run test tools lint typecheck pytest bench demo clean
+.PHONY: run test test313 tools lint typecheck pytest bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ typecheck: $(STAMP_DEV)
 pytest: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q
 
+## make test313: the codec tests and an import check on Python 3.13 (no stdlib audioop there)
+PYTHON313 ?= $(firstword $(wildcard /root/.pyenv/versions/3.13*/bin/python3) python3.13)
+test313:
+	$(PYTHON313) -m venv .venv313
+	.venv313/bin/python -m pip install --quiet -e '.[dev]'
+	.venv313/bin/python -c "import gateway.server.app, gateway.agent.voice, telecodecs.g711"
+	.venv313/bin/python -m pytest -q -p no:cacheprovider tests/codecs
+
 ## make demo: start a gateway with embedded defaults, call it once, print the latency table
 demo: $(STAMP_RUN)
 	$(BIN)/gateway demo
@@ -55,4 +63,4 @@ bench: $(STAMP_RUN)
 	$(BIN)/python bench/bench_codecs.py
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv313 build .mypy_cache .pytest_cache .ruff_cache
