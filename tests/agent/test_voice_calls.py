@@ -20,7 +20,8 @@ from gateway.sim.twilio_caller import TwilioCaller
 from telecodecs.g711 import pcm16_to_ulaw
 from tests.agent.audio import silence, voiced
 from tests.agent.fake_agents import REQUESTS_KEY, make_agent_app
-from tests.conftest import TIMEOUT, make_settings
+from tests.conftest import TIMEOUT
+from tests.speech_rig import fast_sim_config, voice_settings
 
 TRANSCRIPT = "مرحبا، أريد أن أعرف حالة الطقس اليوم في الرياض من فضلك"
 REPLY = (
@@ -73,32 +74,16 @@ class Rig:
 @pytest.fixture
 async def rig(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> Any:
     async def build(agent_kind: str = "n8n", sim: SimConfig | None = None, **overrides: Any) -> Rig:
-        sim_config = sim or SimConfig(
-            connect_delay=0.05,
-            first_audio_delay=0.05,
-            realtime_factor=20.0,
-            stt_delay=0.05,
-            stt_script=(TRANSCRIPT,),
-            espeak="",
-            ping_interval=3600.0,
-            ms_per_char=12.0,
-        )
+        sim_config = sim or fast_sim_config(stt_script=(TRANSCRIPT,))
         sim_server: TestServer = await aiohttp_server(create_sim_app(sim_config))
         knobs = overrides.pop("agent_knobs", {"reply": REPLY})
         agent_app = make_agent_app(agent_kind, **knobs)
         agent_server: TestServer = await aiohttp_server(agent_app)
-        settings = make_settings(
+        settings = voice_settings(
+            str(sim_server.make_url("")),
+            tmp_path,
             agent=AgentMode.WEBHOOK,
             agent_webhook_url=str(agent_server.make_url("/webhook/agent")),
-            hamsa_api_key="test-hamsa-key",
-            hamsa_base_url=str(sim_server.make_url("")).rstrip("/"),
-            hamsa_pool_min_idle=2,
-            hamsa_retry_delay=0.05,
-            hamsa_short_audio_ms_per_char=4.0,  # the simulator speaks 12 ms per character
-            endpoint_silence_ms=400,
-            greeting_text="أهلا وسهلا بك في خدمة العملاء، كيف يمكنني مساعدتك؟",
-            reprompt_after=0,
-            call_record_path=str(tmp_path / "calls.jsonl"),
             **overrides,
         )
         client: TestClient = await aiohttp_client(create_app(settings))
@@ -158,16 +143,7 @@ async def test_barge_in_clears_and_next_request_carries_what_was_heard(rig: Any)
     long_reply = " ".join(["هذه جملة طويلة من الرد لكي يستمر الكلام وقتا كافيا للمقاطعة."] * 6)
     r: Rig = await rig(
         agent_knobs={"reply": long_reply},
-        sim=SimConfig(
-            connect_delay=0.05,
-            first_audio_delay=0.05,
-            realtime_factor=20.0,
-            stt_delay=0.05,
-            stt_script=(TRANSCRIPT, "توقف من فضلك"),
-            espeak="",
-            ping_interval=3600.0,
-            ms_per_char=12.0,
-        ),
+        sim=fast_sim_config(stt_script=(TRANSCRIPT, "توقف من فضلك")),
     )
     async with r.caller() as call:
         await wait_for(lambda: call.stats.marks_echoed >= 2)
@@ -229,17 +205,7 @@ async def test_webhook_timeout_speaks_the_fallback(rig: Any) -> None:
 
 
 async def test_short_tts_response_is_retried_on_a_fresh_connection(rig: Any) -> None:
-    sim = SimConfig(
-        connect_delay=0.05,
-        first_audio_delay=0.05,
-        realtime_factor=20.0,
-        stt_delay=0.05,
-        stt_script=(TRANSCRIPT,),
-        espeak="",
-        ping_interval=3600.0,
-        ms_per_char=12.0,
-        tts_faults=("short",),
-    )
+    sim = fast_sim_config(stt_script=(TRANSCRIPT,), tts_faults=("short",))
     r: Rig = await rig(sim=sim)
     async with r.caller() as call:
         # The greeting's first TTS answer is the "640-byte" failure; the retry plays it.

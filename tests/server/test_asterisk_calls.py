@@ -22,7 +22,7 @@ from gateway.config import AgentMode
 from gateway.server import keys
 from gateway.server.app import create_app
 from gateway.sim.asterisk_caller import AsteriskWsCaller, basic_auth_header
-from gateway.sim.hamsa_sim import SimConfig, create_sim_app
+from gateway.sim.hamsa_sim import create_sim_app
 from gateway.telephony.events import (
     ClearAudio,
     Dtmf,
@@ -35,6 +35,7 @@ from telecodecs.g711 import pcm16_to_ulaw
 from tests.agent.audio import silence, voiced
 from tests.agent.fake_agents import REQUESTS_KEY, make_agent_app
 from tests.conftest import TIMEOUT, make_settings
+from tests.speech_rig import fast_sim_config, voice_settings
 
 USER = "asterisk"
 PASSWORD = "s3cret-media-pass"
@@ -422,33 +423,16 @@ async def test_voice_agent_call_speaks_the_reply_and_marks_are_processed(
     aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
 ) -> None:
     sim: TestServer = await aiohttp_server(
-        create_sim_app(
-            SimConfig(
-                connect_delay=0.05,
-                first_audio_delay=0.05,
-                realtime_factor=20.0,
-                stt_delay=0.05,
-                stt_script=(TRANSCRIPT,),
-                espeak="",
-                ping_interval=3600.0,
-                ms_per_char=12.0,
-            )
-        )
+        create_sim_app(fast_sim_config(stt_script=(TRANSCRIPT,)))
     )
     agent_app = make_agent_app("n8n", reply=REPLY)
     agent: TestServer = await aiohttp_server(agent_app)
-    settings = make_settings(
+    settings = voice_settings(
+        str(sim.make_url("")),
+        tmp_path,
         agent=AgentMode.WEBHOOK,
         agent_webhook_url=str(agent.make_url("/webhook/agent")),
-        hamsa_api_key="test-hamsa-key",
-        hamsa_base_url=str(sim.make_url("")).rstrip("/"),
-        hamsa_pool_min_idle=2,
-        hamsa_retry_delay=0.05,
-        hamsa_short_audio_ms_per_char=4.0,
-        endpoint_silence_ms=400,
         greeting_text="أهلا وسهلا بك، كيف يمكنني مساعدتك؟",
-        reprompt_after=0,
-        call_record_path=str(tmp_path / "calls.jsonl"),
         asterisk_ws_username=USER,
         asterisk_ws_password=PASSWORD,
     )

@@ -24,7 +24,7 @@ from gateway.metrics import Metrics
 from gateway.server import keys
 from gateway.server.app import create_app
 from gateway.sim.asterisk_caller import AudioSocketCaller, packet
-from gateway.sim.hamsa_sim import SimConfig, create_sim_app
+from gateway.sim.hamsa_sim import create_sim_app
 from gateway.telephony.audiosocket_server import AudioSocketServer
 from gateway.telephony.events import (
     PCM16_8K,
@@ -39,6 +39,7 @@ from gateway.telephony.events import (
 from tests.agent.audio import silence, voiced
 from tests.agent.fake_agents import REQUESTS_KEY, make_agent_app
 from tests.conftest import TIMEOUT, make_settings
+from tests.speech_rig import fast_sim_config, voice_settings
 
 FRAME = 320  # 20 ms of slin 8 kHz
 ZERO = bytes(FRAME)
@@ -368,33 +369,16 @@ async def test_voice_agent_call_over_audiosocket(
     aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
 ) -> None:
     sim: TestServer = await aiohttp_server(
-        create_sim_app(
-            SimConfig(
-                connect_delay=0.05,
-                first_audio_delay=0.05,
-                realtime_factor=20.0,
-                stt_delay=0.05,
-                stt_script=(TRANSCRIPT,),
-                espeak="",
-                ping_interval=3600.0,
-                ms_per_char=12.0,
-            )
-        )
+        create_sim_app(fast_sim_config(stt_script=(TRANSCRIPT,)))
     )
     agent_app = make_agent_app("n8n", reply=REPLY)
     agent: TestServer = await aiohttp_server(agent_app)
-    settings = make_settings(
+    settings = voice_settings(
+        str(sim.make_url("")),
+        tmp_path,
         agent=AgentMode.WEBHOOK,
         agent_webhook_url=str(agent.make_url("/webhook/agent")),
-        hamsa_api_key="test-hamsa-key",
-        hamsa_base_url=str(sim.make_url("")).rstrip("/"),
-        hamsa_pool_min_idle=2,
-        hamsa_retry_delay=0.05,
-        hamsa_short_audio_ms_per_char=4.0,
-        endpoint_silence_ms=400,
         greeting_text="أهلا وسهلا بك",
-        reprompt_after=0,
-        call_record_path=str(tmp_path / "calls.jsonl"),
         host="127.0.0.1",
         audiosocket_port=0,
     )

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.config import AgentMode
 from gateway.server import keys
 from gateway.server.app import create_app
 from gateway.sim.caller_cli import (
@@ -20,37 +19,23 @@ from gateway.sim.caller_cli import (
     place_twilio_call,
     waterfall,
 )
-from gateway.sim.hamsa_sim import SimConfig, create_sim_app
-from tests.conftest import make_settings
+from gateway.sim.hamsa_sim import create_sim_app
+from tests.speech_rig import fast_sim_config, voice_settings
 
 
 @pytest.fixture
 async def gateway(aiohttp_server: Any, tmp_path: Path) -> tuple[TestServer, Path]:
-    sim: TestServer = await aiohttp_server(
-        create_sim_app(
-            SimConfig(
-                connect_delay=0.05,
-                first_audio_delay=0.05,
-                realtime_factor=20.0,
-                stt_delay=0.05,
-                espeak="",
-                ping_interval=3600.0,
-                ms_per_char=12.0,
-            )
-        )
-    )
+    sim: TestServer = await aiohttp_server(create_sim_app(fast_sim_config()))
     record = tmp_path / "calls.jsonl"
-    settings = make_settings(
-        agent=AgentMode.ECHO,
-        hamsa_api_key="k",
-        hamsa_base_url=str(sim.make_url("")).rstrip("/"),
-        hamsa_short_audio_ms_per_char=4.0,
+    settings = voice_settings(
+        str(sim.make_url("")),
+        tmp_path,
         asterisk_ws_username="pbx",
         asterisk_ws_password="secret",
         audiosocket_port=0,
         host="127.0.0.1",
         call_record_path=str(record),
-        reprompt_after=0,
+        endpoint_silence_ms=600,
         greeting_text="أهلا وسهلا بك في خدمة العملاء، تفضل بالكلام.",
     )
     server: TestServer = await aiohttp_server(create_app(settings))
