@@ -26,7 +26,6 @@ from gateway.sim.hamsa_sim import create_sim_app
 from gateway.telephony.events import (
     ClearAudio,
     Dtmf,
-    InboundEvent,
     MarkPlayed,
     PlayAudio,
     SetMark,
@@ -34,6 +33,7 @@ from gateway.telephony.events import (
 from telecodecs.g711 import pcm16_to_ulaw
 from tests.agent.audio import silence, voiced
 from tests.agent.fake_agents import REQUESTS_KEY, make_agent_app
+from tests.call_helpers import Recorder, other_tasks, wait_for
 from tests.conftest import TIMEOUT, make_settings
 from tests.speech_rig import fast_sim_config, voice_settings
 
@@ -48,37 +48,6 @@ def ulaw_tone(frames: int, seed: int = 0, size: int = 160) -> bytes:
     for i in range(frames * size):
         out.append((i * 7 + seed * 13 + (i // size) * 31) % 251)
     return bytes(out)
-
-
-class Recorder:
-    """A conversation that records every inbound event; the test drives the outbound side."""
-
-    def __init__(self, session: CallSession) -> None:
-        self.session = session
-        self.events: list[InboundEvent] = []
-
-    def on_event(self, event: InboundEvent) -> None:
-        self.events.append(event)
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def finish(self) -> None:
-        return None
-
-    def marks(self) -> list[MarkPlayed]:
-        return [e for e in self.events if isinstance(e, MarkPlayed)]
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
-def other_tasks() -> set[asyncio.Task[Any]]:
-    current = asyncio.current_task()
-    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
 
 
 def sample(client: TestClient, name: str, labels: dict[str, str]) -> float:

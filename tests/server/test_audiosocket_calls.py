@@ -31,13 +31,13 @@ from gateway.telephony.events import (
     CallEnded,
     ClearAudio,
     Dtmf,
-    InboundEvent,
     MarkPlayed,
     PlayAudio,
     SetMark,
 )
 from tests.agent.audio import silence, voiced
 from tests.agent.fake_agents import REQUESTS_KEY, make_agent_app
+from tests.call_helpers import Recorder, other_tasks, wait_for
 from tests.conftest import TIMEOUT, make_settings
 from tests.speech_rig import fast_sim_config, voice_settings
 
@@ -54,35 +54,6 @@ def audible(pcm: bytes) -> bytes:
     """The non-silent 20 ms frames of what the caller heard, in order."""
     chunks = (pcm[i : i + FRAME] for i in range(0, len(pcm), FRAME))
     return b"".join(c for c in chunks if c != ZERO[: len(c)])
-
-
-class Recorder:
-    def __init__(self, session: CallSession) -> None:
-        self.session = session
-        self.events: list[InboundEvent] = []
-
-    def on_event(self, event: InboundEvent) -> None:
-        self.events.append(event)
-
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def finish(self) -> None:
-        return None
-
-    def marks(self) -> list[MarkPlayed]:
-        return [e for e in self.events if isinstance(e, MarkPlayed)]
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
-def other_tasks() -> set[asyncio.Task[Any]]:
-    current = asyncio.current_task()
-    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
 
 
 class Gateway:

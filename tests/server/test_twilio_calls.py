@@ -18,6 +18,7 @@ from gateway.server import keys
 from gateway.server.app import create_app
 from gateway.sim.twilio_caller import TwilioCaller
 from gateway.telephony.twilio_signature import compute_signature
+from tests.call_helpers import other_tasks, wait_for
 from tests.conftest import TIMEOUT, make_settings
 
 TOKEN = "test-auth-token-0123456789"
@@ -56,20 +57,6 @@ def caller(client: TestClient, **kwargs: Any) -> TwilioCaller:
         public_ws_url="wss://gw.example.com/twilio/media",
         **kwargs,
     )
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
-def other_tasks() -> set[asyncio.Task[Any]]:
-    current = asyncio.current_task()
-    return {t for t in asyncio.all_tasks() if t is not current and not t.done()}
-
-
-# ------------------------------------------------------------------ voice webhook
 
 
 def signed_post_headers(url: str, form: dict[str, str], token: str = TOKEN) -> dict[str, str]:
