@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -285,3 +286,40 @@ async def test_agent_transfer_redirects_the_twilio_call_to_dial(
         # The reply was heard before the transfer.
         assert "t2.s0" in call.stats.mark_echo_times
     assert "<Dial><Number>+15551234567</Number></Dial>" in updates[0]["Twiml"]
+
+
+async def test_caller_silence_reprompts_then_hangs_up(rig: Any) -> None:
+    r: Rig = await rig(
+        reprompt_after=0.6, reprompt_max=1, reprompt_text="هل ما زلت معي؟ تفضل بالكلام من فضلك."
+    )
+    async with r.caller() as call:
+        await wait_for(lambda: call.stats.marks_echoed >= 2)  # greeting heard
+        # The caller says nothing (Twilio keeps sending silence): one re-prompt, then hang-up.
+        silence_task = asyncio.create_task(call.silence(6.0, realtime=True))
+        try:
+            code = await call.wait_closed(TIMEOUT)
+        finally:
+            silence_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                await silence_task
+        assert code == 1000
+        assert call.stats.marks_echoed >= 4  # greeting (2) + the re-prompt (2)
+    outcome = {"transport": "twilio", "outcome": "caller_silent"}
+    await wait_for(lambda: r.metric("gateway_calls_total", outcome) == 1)
+
+
+async def test_greeting_comes_from_the_agent_when_none_is_configured(rig: Any) -> None:
+    r: Rig = await rig(greeting_text="", agent_knobs={"reply": REPLY})
+    async with r.caller() as call:
+        await wait_for(lambda: call.stats.marks_echoed >= 2)
+    started = [q for q in r.requests if q.get("event") == "call.started"]
+    assert len(started) == 1 and started[0]["turn"] == 1
+
+
+async def test_empty_transcripts_are_dropped(rig: Any) -> None:
+    r: Rig = await rig(sim=fast_sim_config(stt_script=("",)))
+    async with r.caller() as call:
+        await wait_for(lambda: call.stats.marks_echoed >= 2)
+        await call.play(utterance(), realtime=True)
+        await wait_for(lambda: r.metric("gateway_turns_total", {"outcome": "empty"}) == 1)
+    assert not any(q.get("event") == "utterance" for q in r.requests)
