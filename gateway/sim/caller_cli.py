@@ -421,7 +421,7 @@ def call_main(argv: list[str]) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL")
+    parser.add_argument("--url", default="http://localhost:8080", help="gateway base URL")
     parser.add_argument(
         "--transport",
         choices=("twilio", "asterisk_ws", "audiosocket"),
