@@ -6,11 +6,12 @@ speaks 12 ms per character, so a whole conversation fits in a few seconds of tes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.config import AgentMode, Settings
-from gateway.sim.hamsa_sim import SimConfig
+from gateway.sim.hamsa_sim import SimConfig, create_sim_app
 from tests.conftest import make_settings
 
 SIM_MS_PER_CHAR = 12.0
@@ -48,3 +49,27 @@ def voice_settings(sim_url: str, tmp_path: Path, **overrides: Any) -> Settings:
     }
     knobs.update(overrides)
     return make_settings(**knobs)
+
+
+# An utterance and a two-sentence reply used by the whole-call tests of every transport.
+TRANSCRIPT = "مرحبا، أريد أن أعرف حالة الطقس اليوم في الرياض من فضلك"
+REPLY = "الطقس اليوم مشمس وجميل في الرياض. هل تريد أن أخبرك عن توقعات الغد أيضا؟"
+
+
+@dataclass(frozen=True)
+class SpeechBackends:
+    sim_url: str
+    agent_url: str
+    requests: list[dict[str, Any]]  # JSON bodies the agent received, in order
+
+
+async def speech_backends(aiohttp_server: Any, reply: str = REPLY) -> SpeechBackends:
+    """Start a fast simulator (answering :data:`TRANSCRIPT`) and an n8n-style agent."""
+    from tests.agent.fake_agents import REQUESTS_KEY, make_agent_app
+
+    sim = await aiohttp_server(create_sim_app(fast_sim_config(stt_script=(TRANSCRIPT,))))
+    agent_app = make_agent_app("n8n", reply=reply)
+    agent = await aiohttp_server(agent_app)
+    return SpeechBackends(
+        str(sim.make_url("")), str(agent.make_url("/webhook/agent")), agent_app[REQUESTS_KEY]
+    )

@@ -15,14 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from gateway.calls import CallSession, Conversation
 from gateway.config import AgentMode
 from gateway.server import keys
 from gateway.server.app import create_app
 from gateway.sim.asterisk_caller import AsteriskWsCaller, basic_auth_header
-from gateway.sim.hamsa_sim import create_sim_app
 from gateway.telephony.events import (
     ClearAudio,
     Dtmf,
@@ -32,10 +31,9 @@ from gateway.telephony.events import (
 )
 from telecodecs.g711 import pcm16_to_ulaw
 from tests.agent.audio import silence, voiced
-from tests.agent.fake_agents import REQUESTS_KEY, make_agent_app
 from tests.call_helpers import Recorder, other_tasks, wait_for
 from tests.conftest import TIMEOUT, make_settings
-from tests.speech_rig import fast_sim_config, voice_settings
+from tests.speech_rig import REPLY, TRANSCRIPT, speech_backends, voice_settings
 
 USER = "asterisk"
 PASSWORD = "s3cret-media-pass"
@@ -384,23 +382,16 @@ async def test_unsupported_codec_ends_the_call_with_1003(gateway: GatewayFactory
 
 # ------------------------------------------------------------------ voice agent
 
-TRANSCRIPT = "مرحبا، أريد أن أعرف حالة الطقس اليوم في الرياض من فضلك"
-REPLY = "الطقس اليوم مشمس وجميل في الرياض. هل تريد أن أخبرك عن توقعات الغد أيضا؟"
-
 
 async def test_voice_agent_call_speaks_the_reply_and_marks_are_processed(
     aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
 ) -> None:
-    sim: TestServer = await aiohttp_server(
-        create_sim_app(fast_sim_config(stt_script=(TRANSCRIPT,)))
-    )
-    agent_app = make_agent_app("n8n", reply=REPLY)
-    agent: TestServer = await aiohttp_server(agent_app)
+    backends = await speech_backends(aiohttp_server)
     settings = voice_settings(
-        str(sim.make_url("")),
+        backends.sim_url,
         tmp_path,
         agent=AgentMode.WEBHOOK,
-        agent_webhook_url=str(agent.make_url("/webhook/agent")),
+        agent_webhook_url=backends.agent_url,
         greeting_text="أهلا وسهلا بك، كيف يمكنني مساعدتك؟",
         asterisk_ws_username=USER,
         asterisk_ws_password=PASSWORD,
@@ -419,7 +410,7 @@ async def test_voice_agent_call_speaks_the_reply_and_marks_are_processed(
         greeting = call.stats.bytes_received
         caller_audio = pcm16_to_ulaw(voiced(0.8) + silence(0.9))
         await call.play(caller_audio, realtime=True)
-        requests = agent_app[REQUESTS_KEY]
+        requests = backends.requests
         await wait_for(lambda: any(q.get("event") == "utterance" for q in requests))
         await wait_for(lambda: call.stats.bytes_received - greeting > 4000)
         # Greeting (first frame + sentence) and reply (first frame + 2 sentences); "q" ids

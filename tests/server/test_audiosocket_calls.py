@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from gateway.calls import CallRegistry, CallSession, Conversation
 from gateway.config import AgentMode
@@ -24,7 +24,6 @@ from gateway.metrics import Metrics
 from gateway.server import keys
 from gateway.server.app import create_app
 from gateway.sim.asterisk_caller import AudioSocketCaller, packet
-from gateway.sim.hamsa_sim import create_sim_app
 from gateway.telephony.audiosocket_server import AudioSocketServer
 from gateway.telephony.events import (
     PCM16_8K,
@@ -36,10 +35,9 @@ from gateway.telephony.events import (
     SetMark,
 )
 from tests.agent.audio import silence, voiced
-from tests.agent.fake_agents import REQUESTS_KEY, make_agent_app
 from tests.call_helpers import Recorder, other_tasks, wait_for
 from tests.conftest import TIMEOUT, make_settings
-from tests.speech_rig import fast_sim_config, voice_settings
+from tests.speech_rig import REPLY, TRANSCRIPT, speech_backends, voice_settings
 
 FRAME = 320  # 20 ms of slin 8 kHz
 ZERO = bytes(FRAME)
@@ -332,23 +330,16 @@ async def test_no_audio_after_the_uuid_starts_the_call_at_8khz() -> None:
 
 # ------------------------------------------------------------------ voice agent
 
-TRANSCRIPT = "مرحبا، أريد أن أعرف حالة الطقس اليوم في الرياض من فضلك"
-REPLY = "الطقس اليوم مشمس وجميل في الرياض. هل تريد أن أخبرك عن توقعات الغد أيضا؟"
-
 
 async def test_voice_agent_call_over_audiosocket(
     aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
 ) -> None:
-    sim: TestServer = await aiohttp_server(
-        create_sim_app(fast_sim_config(stt_script=(TRANSCRIPT,)))
-    )
-    agent_app = make_agent_app("n8n", reply=REPLY)
-    agent: TestServer = await aiohttp_server(agent_app)
+    backends = await speech_backends(aiohttp_server)
     settings = voice_settings(
-        str(sim.make_url("")),
+        backends.sim_url,
         tmp_path,
         agent=AgentMode.WEBHOOK,
-        agent_webhook_url=str(agent.make_url("/webhook/agent")),
+        agent_webhook_url=backends.agent_url,
         greeting_text="أهلا وسهلا بك",
         host="127.0.0.1",
         audiosocket_port=0,
@@ -358,7 +349,7 @@ async def test_voice_agent_call_over_audiosocket(
     async with AudioSocketCaller("127.0.0.1", port) as call:
         await call.play(silence(0.1), realtime=False)
         await wait_for(lambda: len(audible(call.heard_audio())) > 2000)  # the greeting
-        requests = agent_app[REQUESTS_KEY]
+        requests = backends.requests
         await call.play(voiced(0.8) + silence(0.9), realtime=True)
         await wait_for(lambda: any(q.get("event") == "utterance" for q in requests))
         greeting = len(audible(call.heard_audio()))
