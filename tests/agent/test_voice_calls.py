@@ -323,3 +323,30 @@ async def test_empty_transcripts_are_dropped(rig: Any) -> None:
         await call.play(utterance(), realtime=True)
         await wait_for(lambda: r.metric("gateway_turns_total", {"outcome": "empty"}) == 1)
     assert not any(q.get("event") == "utterance" for q in r.requests)
+
+
+@pytest.mark.parametrize("kind", ["json", "sse", "text"])
+async def test_every_reply_form_is_spoken(rig: Any, kind: str) -> None:
+    r: Rig = await rig(kind, agent_knobs={"reply": REPLY})
+    async with r.caller() as call:
+        await wait_for(lambda: call.stats.marks_echoed >= 2)
+        before = call.stats.bytes_received
+        await call.play(utterance(), realtime=True)
+        # Both sentences of the reply are synthesized and their marks echoed.
+        await wait_for(lambda: "t2.s1" in call.stats.mark_echo_times)
+        assert call.stats.bytes_received - before > 8000
+    assert r.metric("gateway_turns_total", {"outcome": "ok"}) >= 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"), [("failing", "http_status"), ("malformed", "malformed")]
+)
+async def test_a_broken_agent_gets_the_fallback_phrase(rig: Any, kind: str, error: str) -> None:
+    r: Rig = await rig(kind, agent_knobs={})
+    async with r.caller() as call:
+        await wait_for(lambda: call.stats.marks_echoed >= 2)
+        before = call.stats.bytes_received
+        await call.play(utterance(), realtime=True)
+        await wait_for(lambda: call.stats.bytes_received > before + 2000)
+        assert not call.closed  # the call goes on
+    assert r.metric("gateway_agent_errors_total", {"kind": error}) >= 1
