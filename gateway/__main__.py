@@ -33,7 +33,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Telephony voice gateway: Twilio and Asterisk calls to Hamsa speech and "
+        "your agent. Settings come from environment variables (see README).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (settings from the environment)")
     serve.add_argument("--host", help="listen address (env HOST, default 0.0.0.0)")
@@ -48,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         (
             "call",
-            "one simulated call (Twilio) with a latency waterfall",
+            "one simulated call (Twilio, chan_websocket or AudioSocket) with a latency waterfall",
             "gateway.sim.caller_cli",
             "call_main",
         ),
