@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.agent.audio_io import InboundConverter, OutboundConverter
 from gateway.agent.brains import Brain
@@ -43,7 +43,14 @@ from gateway.agent.endpointing import (
 from gateway.agent.record import CallRecord, TurnRecord, append_record
 from gateway.agent.sentences import SentenceSplitter
 from gateway.agent.vad import Vad
-from gateway.agent.webhook import Action, AgentError, AgentRequest, Interruption, TextDelta
+from gateway.agent.webhook import (
+    Action,
+    AgentError,
+    AgentEvent,
+    AgentRequest,
+    Interruption,
+    TextDelta,
+)
 from gateway.calls import CallSession
 from gateway.config import Settings
 from gateway.metrics import Metrics
@@ -401,24 +408,40 @@ class VoiceAgentConversation:
         if self._hangup_after_reply and not reply.cancelled:
             await self._hang_up_after(reply)
 
+    def _request(
+        self,
+        event: AgentEvent,
+        *,
+        text: str = "",
+        digits: str = "",
+        interrupted: Interruption | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> AgentRequest:
+        """An agent request carrying this call's identity (session id = carrier call id)."""
+        return AgentRequest(
+            event=event,
+            session_id=self._session.call_id,
+            turn=self._turn,
+            text=text,
+            call_id=self._session.call_id,
+            transport=self._session.transport.value,
+            metadata=self._session.metadata,
+            interrupted=interrupted,
+            digits=digits,
+            record=record,
+        )
+
     async def _prepare(self, job: Job, record: TurnRecord) -> tuple[AgentRequest | None, str]:
         """What to answer: an agent request, or fixed text (greeting/re-prompt)."""
-        base = {
-            "session_id": self._session.call_id,
-            "turn": self._turn,
-            "call_id": self._session.call_id,
-            "transport": self._session.transport.value,
-            "metadata": self._session.metadata,
-        }
         if job.kind == "greeting":
             if self._settings.greeting_text:
                 return None, self._settings.greeting_text
-            return AgentRequest(event="call.started", **base), ""  # type: ignore[arg-type]
+            return self._request("call.started"), ""
         if job.kind == "reprompt":
             return None, self._settings.reprompt_text
         if job.kind == "dtmf":
             record.transcript = job.digits
-            return AgentRequest(event="dtmf", digits=job.digits, **base), ""  # type: ignore[arg-type]
+            return self._request("dtmf", digits=job.digits), ""
         record.timings["endpointing"] = round(job.endpointing, 3)
         started = time.monotonic()
         try:
@@ -438,7 +461,7 @@ class VoiceAgentConversation:
         self._pending_transcript = text
         interrupted, self._last_interruption = self._last_interruption, None
         return (
-            AgentRequest(event="utterance", text=text, interrupted=interrupted, **base),  # type: ignore[arg-type]
+            self._request("utterance", text=text, interrupted=interrupted),
             "",
         )
 
@@ -619,15 +642,7 @@ class VoiceAgentConversation:
         path = self._settings.call_record_path
         if path and not await append_record(path, self.record):
             self._metrics.call_record_failures.inc()
-        request = AgentRequest(
-            event="call.ended",
-            session_id=self._session.call_id,
-            turn=self._turn,
-            call_id=self._session.call_id,
-            transport=self._session.transport.value,
-            metadata=self._session.metadata,
-            record=self.record.to_dict(),
-        )
+        request = self._request("call.ended", record=self.record.to_dict())
         try:
             async with asyncio.timeout(FINISH_TIMEOUT):
                 async for _ in self._brain.reply(request):
