@@ -109,10 +109,6 @@ class CallSession:
                 call_id_var.reset(token)
             self.hangup("internal_error", outcome="error")
 
-    @property
-    def task_count(self) -> int:
-        return len(self._tasks)
-
     # --------------------------------------------------------------- outbound
 
     async def send(self, event: OutboundEvent) -> None:
@@ -168,18 +164,13 @@ class CallRegistry:
         self.metrics = metrics
         self.draining = False
         self._calls: dict[int, CallSession] = {}
-        self._reserved = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def count(self) -> int:
-        """Live calls plus admissions in progress."""
-        return len(self._calls) + self._reserved
-
-    def has_capacity(self) -> bool:
-        """Would a new call be admitted now?"""
-        return not self.draining and self.count < self.max_calls
+        """Live calls."""
+        return len(self._calls)
 
     def refusal_reason(self) -> str | None:
         """Why a new call would be refused (``draining`` / ``at_capacity``), or None."""
@@ -189,23 +180,14 @@ class CallRegistry:
             return "at_capacity"
         return None
 
-    def reserve(self) -> bool:
-        """Reserve a slot for a call being set up; False if refused. Pair with add/unreserve."""
-        if not self.has_capacity():
-            return False
-        self._reserved += 1
-        self._idle.clear()
-        return True
-
-    def unreserve(self) -> None:
-        self._reserved -= 1
-        self._check_idle()
-
-    def add(self, session: CallSession) -> None:
-        """Turn a reservation into a live call."""
-        self._reserved -= 1
-        self._calls[id(session)] = session
-        self.metrics.active_calls.labels(session.transport.value).inc()
+    def admit(self, session: CallSession) -> str | None:
+        """Register a new call; return why it was refused instead, or None when admitted."""
+        reason = self.refusal_reason()
+        if reason is None:
+            self._calls[id(session)] = session
+            self._idle.clear()
+            self.metrics.active_calls.labels(session.transport.value).inc()
+        return reason
 
     def remove(self, session: CallSession) -> None:
         if self._calls.pop(id(session), None) is not None:

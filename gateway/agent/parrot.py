@@ -26,7 +26,7 @@ class ParrotConversation:
     def __init__(self, session: CallSession, delay_ms: int, batch_ms: int = 100) -> None:
         self._session = session
         self._delay = delay_ms / 1000.0
-        self._batch = batch_ms / 1000.0 if delay_ms > 0 else 0.0
+        self._batch = batch_ms / 1000.0
         self._pending: deque[tuple[float, bytes]] = deque()
         self._wake = asyncio.Event()
 

@@ -192,6 +192,7 @@ class _AudioSocketCall:
         self._writer = writer
         self._proto = AudioSocketProtocol()
         self._bad = BadInputLog(server._metrics, _TRANSPORT)
+        self._frames_in = server._metrics.frames.labels(_TRANSPORT.value, "in")
         self._closing = False  # we sent the hang-up packet (or gave up on the socket)
         self._abort_handle: asyncio.TimerHandle | None = None
         self._queue: OutboundAudio | None = None
@@ -265,16 +266,15 @@ class _AudioSocketCall:
         srv = self._srv
         metrics = srv._metrics
         registry = srv._registry
-        if not registry.reserve():
-            reason = registry.refusal_reason() or "refused"
-            metrics.calls.labels(_TRANSPORT.value, "refused_" + reason).inc()
-            log.warning("AudioSocket call %s refused: %s", started.call_id, reason)
+        session = CallSession(started, self._send, metrics, on_hangup=self._on_hangup)
+        refused = registry.admit(session)
+        if refused is not None:
+            metrics.calls.labels(_TRANSPORT.value, "refused_" + refused).inc()
+            log.warning("AudioSocket call %s refused: %s", started.call_id, refused)
             self._send_hangup()
             return
         token = call_id_var.set(started.call_id)
-        session = CallSession(started, self._send, metrics, on_hangup=self._on_hangup)
         self._session = session
-        registry.add(session)
         log.info(
             "call started: transport=%s format=%s/%d",
             _TRANSPORT.value,
@@ -328,7 +328,7 @@ class _AudioSocketCall:
         session = self._session
         assert session is not None and session.conversation is not None
         on_event = session.conversation.on_event
-        frames_in = self._srv._metrics.frames.labels(_TRANSPORT.value, "in")
+        frames_in = self._frames_in
         for event in events:
             if type(event) is CallerAudio:  # the hot path first
                 frames_in.inc()

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 # RFC 6455 §7.4.1 close codes used by the driver.
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
@@ -226,15 +225,7 @@ async def _drive(
         return
 
     # ---- phase 2: the call
-    if not registry.reserve():
-        reason = registry.refusal_reason() or "refused"
-        metrics.calls.labels(transport.value, "refused_" + reason).inc()
-        log.warning("call %s refused: %s", started.call_id, reason)
-        await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=reason.encode())
-        return
-
-    token = call_id_var.set(started.call_id)
-    close_code = [CLOSE_NORMAL]
+    close_code = CLOSE_NORMAL
     closers: list[asyncio.Task[None]] = []
 
     def on_hangup(reason: str) -> None:
@@ -244,7 +235,13 @@ async def _drive(
             closers.append(asyncio.get_running_loop().create_task(_close_after_send(ws, send_wire)))
 
     session = CallSession(started, send_wire, metrics, on_hangup=on_hangup)
-    registry.add(session)
+    refused = registry.admit(session)
+    if refused is not None:
+        metrics.calls.labels(transport.value, "refused_" + refused).inc()
+        log.warning("call %s refused: %s", started.call_id, refused)
+        await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=refused.encode())
+        return
+    token = call_id_var.set(started.call_id)
     log.info(
         "call started: transport=%s stream=%s format=%s/%d",
         transport.value,
@@ -258,7 +255,7 @@ async def _drive(
         except Exception:
             log.exception("could not set up the call's conversation")
             session.outcome = "error"
-            close_code[0] = CLOSE_INTERNAL_ERROR
+            close_code = CLOSE_INTERNAL_ERROR
             return
         session.start(conversation)
         on_event = conversation.on_event
@@ -283,7 +280,7 @@ async def _drive(
                     bad.malformed(event)
                     if event.fatal:
                         session.outcome = "error"
-                        close_code[0] = event.close_code
+                        close_code = event.close_code
                         await ws.close(code=event.close_code, message=event.reason.encode())
                         ending = True
                         break
@@ -312,7 +309,7 @@ async def _drive(
                 with contextlib.suppress(Exception):
                     await closer
             if not ws.closed:
-                await ws.close(code=close_code[0])
+                await ws.close(code=close_code)
             if on_call_end is not None:
                 try:
                     await on_call_end(session)
