@@ -226,7 +226,6 @@ class VoiceAgentConversation:
         self._turn_task: asyncio.Task[None] | None = None
         self._reply: Reply | None = None
         self._turn = 0
-        self._onset_at: float | None = None
         self._last_interruption: Interruption | None = None
         self._carry_text = ""
         self._pending_transcript = ""
@@ -277,7 +276,6 @@ class VoiceAgentConversation:
     def _on_endpoint(self, event: object) -> None:
         now = time.monotonic()
         if isinstance(event, SpeechStarted):
-            self._onset_at = now - (event.at_ms - event.onset_ms) / 1000.0
             self._last_activity = now
             self._reprompts = 0
         elif isinstance(event, SustainedSpeech):
@@ -476,14 +474,11 @@ class VoiceAgentConversation:
             else:
                 await self._ask_agent(request, reply, sentences)
             sentences.put_nowait(None)
-            await asyncio.shield(speaker)
-        except HamsaError as exc:
-            reply.record.outcome = "tts_error"
-            log.warning("TTS failed mid-reply: %s", exc)
+            await speaker  # TTS failures are handled per sentence inside _speak
         finally:
             if not speaker.done():
                 speaker.cancel()
-                with contextlib.suppress(asyncio.CancelledError, HamsaError):
+                with contextlib.suppress(asyncio.CancelledError):
                     await speaker
 
     async def _ask_agent(
@@ -559,22 +554,19 @@ class VoiceAgentConversation:
         async for chunk in stream:
             if reply.cancelled:
                 return
-            if converter is None:
-                if chunk.format == self._format:
-                    converter = None
-                    audio = chunk.audio
-                else:
-                    converter = OutboundConverter(chunk.format.sample_rate, self._format)
-                    audio = converter.process(chunk.audio)
+            if chunk.format == self._format:
+                audio = chunk.audio  # e.g. μ-law TTS on a μ-law call: no transcoding
             else:
+                if converter is None:
+                    converter = OutboundConverter(chunk.format.sample_rate, self._format)
                 audio = converter.process(chunk.audio)
             if not audio:
                 continue
+            audio_ms += len(audio) / bytes_per_ms
             if reply.first_audio_at is None:
                 audio = await self._send_first_frame(reply, audio, started)
             if audio:
                 await send(PlayAudio(audio))
-            audio_ms += len(audio) / bytes_per_ms
         if converter is not None:
             tail = converter.flush()
             if tail and not reply.cancelled:
@@ -583,9 +575,7 @@ class VoiceAgentConversation:
         if reply.cancelled:
             return
         name = f"t{reply.turn}.s{index}"
-        reply.sentences.append(
-            SpokenSentence(name, text, audio_ms + (FRAME_MS if index == 0 else 0))
-        )
+        reply.sentences.append(SpokenSentence(name, text, audio_ms))
         self._mark_sent_at[name] = time.monotonic()
         await send(SetMark(name))
 
