@@ -110,11 +110,11 @@ async def run(turns: int) -> dict[str, Any]:
             mic = Microphone(call)
             mic_task = asyncio.create_task(mic.run())
             try:
-                await wait_played(call, 0.0, 20.0)  # the greeting
+                await call.wait_reply_played(0.0, 20.0, quiet=1.5)  # the greeting
                 for _ in range(turns):
                     spoken = mic.say(speech)
                     await asyncio.sleep(max(0.0, spoken - time.monotonic()))
-                    await wait_played(call, spoken, 30.0)
+                    await call.wait_reply_played(spoken, 30.0, quiet=1.5)
                     await asyncio.sleep(1.0)
                 await call.stop()
                 with contextlib.suppress(TimeoutError):
@@ -144,17 +144,6 @@ async def wait_ready(http: aiohttp.ClientSession, base: str) -> None:
                     return
         await asyncio.sleep(0.1)
     raise SystemExit("gateway not ready")
-
-
-async def wait_played(call: TwilioCaller, since: float, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        last = call.heard[-1] if call.heard else None
-        if last is None or last.start < since:
-            continue
-        if time.monotonic() - (last.start + len(last.audio) / 8000.0) > 1.5:
-            return
 
 
 def main() -> None:

@@ -60,7 +60,6 @@ class TurnTiming:
     """Caller-side times (monotonic) of one turn."""
 
     speech_end: float
-    first_audio_received: float | None = None
     first_audio_heard: float | None = None
 
 
@@ -88,7 +87,6 @@ class Microphone:
         *,
         send: Callable[[bytes], Awaitable[None]] | None = None,
         encode: Callable[[bytes], bytes] = bytes,
-        frame_bytes: int = FRAME_BYTES,
     ) -> None:
         if send is None:
             if call is None:
@@ -96,10 +94,8 @@ class Microphone:
             send = call.send_frame
         self._send = send
         self._encode = encode
-        self._frame_bytes = frame_bytes
         self._silence = encode(ULAW_SILENCE * FRAME_BYTES)
         self._frames: deque[bytes] = deque()
-        self.spoken_until = 0.0  # monotonic time the last queued speech frame will be sent
 
     def say(self, ulaw: bytes) -> float:
         """Queue speech; return the monotonic time its last *voiced* frame will be sent.
@@ -114,9 +110,7 @@ class Microphone:
             self._frames.append(self._encode(frame))
             if _is_voiced(ulaw_to_pcm16(frame)):
                 last_voiced = index + 1
-        now = time.monotonic()
-        self.spoken_until = now + len(self._frames) * FRAME_SECONDS
-        return now + (queued_before + last_voiced) * FRAME_SECONDS
+        return time.monotonic() + (queued_before + last_voiced) * FRAME_SECONDS
 
     async def run(self) -> None:
         start = time.monotonic()
@@ -169,29 +163,6 @@ class HeardClock:
             if first is not None and time.monotonic() - self.voiced_at[-1] >= QUIET_SECONDS:
                 return first
         return self.first_after(since)
-
-
-async def _wait_reply(call: TwilioCaller, since: float, timeout: float) -> bool:
-    """Wait until audio arrived after ``since`` and the reply has finished playing."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        if call.closed:
-            return call.stats.first_audio_received_at is not None
-        last = call.heard[-1] if call.heard else None
-        if last is None or last.start < since:
-            continue
-        played_until = last.start + len(last.audio) / 8000.0
-        if time.monotonic() - played_until >= QUIET_SECONDS:
-            return True
-    return False
-
-
-def _first_span_after(call: TwilioCaller, since: float) -> float | None:
-    for span in call.heard:
-        if span.start >= since:
-            return span.start
-    return None
 
 
 async def fetch_twiml(
@@ -252,16 +223,17 @@ async def place_twilio_call(
         mic = Microphone(call)
         mic_task = asyncio.create_task(mic.run())
         try:
-            report.greeting_heard = await _wait_reply(call, 0.0, REPLY_TIMEOUT)
+            report.greeting_heard = await call.wait_reply_played(
+                0.0, REPLY_TIMEOUT, quiet=QUIET_SECONDS
+            )
             for ulaw in utterances:
                 await asyncio.sleep(pause)
                 speech_end = mic.say(ulaw)
                 turn = TurnTiming(speech_end)
                 report.turns.append(turn)
                 await asyncio.sleep(max(0.0, speech_end - time.monotonic()))
-                await _wait_reply(call, speech_end, REPLY_TIMEOUT)
-                turn.first_audio_heard = _first_span_after(call, speech_end)
-                turn.first_audio_received = turn.first_audio_heard
+                await call.wait_reply_played(speech_end, REPLY_TIMEOUT, quiet=QUIET_SECONDS)
+                turn.first_audio_heard = call.first_heard_after(speech_end)
                 if call.closed:
                     break
             if not call.closed:
@@ -314,7 +286,7 @@ async def place_asterisk_call(
             sock = AudioSocketCaller(host, audiosocket_port)
             await sock.connect()
             report.call_sid = str(sock.uuid)
-            mic = Microphone(send=sock.send_audio, encode=ulaw_to_pcm16, frame_bytes=320)
+            mic = Microphone(send=sock.send_audio, encode=ulaw_to_pcm16)
             heard = sock.heard_audio
             closer = sock.close
         clock = HeardClock(heard)
@@ -328,7 +300,6 @@ async def place_asterisk_call(
                 turn = TurnTiming(speech_end)
                 report.turns.append(turn)
                 turn.first_audio_heard = await clock.wait_reply(speech_end, REPLY_TIMEOUT)
-                turn.first_audio_received = turn.first_audio_heard
         finally:
             mic_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -197,11 +197,11 @@ async def _agent_call(
                 await asyncio.sleep(max(0.0, spoken - time.monotonic()))
                 totals.turns += 1
                 # Sometimes talk over the reply, ~0.6 s after it starts.
-                if rng.random() < barge_rate and await _wait_audio_after(call, spoken, 8.0):
+                if rng.random() < barge_rate and await call.wait_audio_after(spoken, 8.0):
                     await asyncio.sleep(0.6)
                     totals.barge_ins += 1
                     continue
-                await _wait_quiet(call, spoken, 10.0)
+                await call.wait_reply_played(spoken, 10.0, quiet=0.5)
         finally:
             mic_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -215,25 +215,6 @@ async def _agent_call(
         await call.close()
         totals.underruns_mid_sentence += call.underruns_mid_sentence
         totals.sentence_gaps.extend(call.sentence_gaps)
-
-
-async def _wait_audio_after(call: TwilioCaller, since: float, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not call.closed:
-        if call.heard and call.heard[-1].start >= since:
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-async def _wait_quiet(call: TwilioCaller, since: float, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not call.closed:
-        await asyncio.sleep(0.1)
-        last = call.heard[-1] if call.heard else None
-        played_until = last.start + len(last.audio) / 8000.0 if last is not None else 0.0
-        if last is not None and last.start >= since and time.monotonic() - played_until > 0.5:
-            return
 
 
 def _records_latency(path: str, since_unix: float) -> tuple[list[float], list[float]]:

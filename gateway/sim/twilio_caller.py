@@ -341,6 +341,34 @@ class TwilioCaller:
 
     # ------------------------------------------------------------------ results
 
+    def first_heard_after(self, since: float) -> float | None:
+        """When the first audio sent after ``since`` (monotonic) started playing, or None."""
+        return next((span.start for span in self.heard if span.start >= since), None)
+
+    async def wait_audio_after(self, since: float, timeout: float) -> bool:
+        """Wait until audio that plays after ``since`` has arrived; False on timeout or close."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.closed:
+            if self.heard and self.heard[-1].start >= since:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def wait_reply_played(self, since: float, timeout: float, *, quiet: float) -> bool:
+        """Wait until a reply that started after ``since`` has played out and ``quiet`` seconds
+        passed with nothing new. False on timeout; on close, whether any such audio came."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if self.closed:
+                return self.first_heard_after(since) is not None
+            last = self.heard[-1] if self.heard else None
+            if last is None or last.start < since:
+                continue
+            if time.monotonic() - (last.start + len(last.audio) / 8000.0) >= quiet:
+                return True
+        return False
+
     def heard_audio(self) -> bytes:
         """Everything the caller heard, as one μ-law stream with silence filling the gaps."""
         if not self.heard:
