@@ -40,10 +40,9 @@ from gateway.calls import CallRegistry, CallSession
 from gateway.logs import call_id_var
 from gateway.metrics import Metrics
 from gateway.telephony.audiosocket import HANGUP_PACKET, AudioSocketProtocol
-from gateway.telephony.driver import BadInputLog, ConversationFactory, max_duration
+from gateway.telephony.driver import BadInputLog, ConversationFactory, dispatch, max_duration
 from gateway.telephony.events import (
     CallEnded,
-    CallerAudio,
     CallStarted,
     ClearAudio,
     Ignored,
@@ -327,30 +326,11 @@ class _AudioSocketCall:
         """Hand events to the conversation; True when the call is over."""
         session = self._session
         assert session is not None and session.conversation is not None
-        on_event = session.conversation.on_event
-        frames_in = self._frames_in
-        for event in events:
-            if type(event) is CallerAudio:  # the hot path first
-                frames_in.inc()
-                echo = on_event(event)
-                if echo is not None:
-                    await echo
-            elif isinstance(event, Malformed):
-                self._bad.malformed(event)
-                if event.fatal:
-                    session.outcome = "error"
-                    self._send_hangup()
-                    return True
-            elif isinstance(event, Ignored):
-                self._bad.ignored(event)
-            elif isinstance(event, CallEnded):
-                on_event(event)
-                return True
-            elif isinstance(event, CallStarted):
-                self._bad.malformed(Malformed("second_start", "call already started"))
-            else:
-                on_event(event)
-        return False
+        end = await dispatch(events, session.conversation.on_event, self._bad, self._frames_in)
+        if isinstance(end, Malformed):
+            session.outcome = "error"
+            self._send_hangup()
+        return end is not None
 
     # ---------------------------------------------------------------- outbound
 

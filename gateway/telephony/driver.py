@@ -24,6 +24,7 @@ from typing import Protocol
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Counter
 
 from gateway.calls import CallRegistry, CallSession, Conversation
 from gateway.logs import call_id_var
@@ -261,7 +262,6 @@ async def _drive(
         on_event = conversation.on_event
         frames_in = metrics.frames.labels(transport.value, "in")
         session.spawn(max_duration(session, config.max_call_seconds), "max_duration")
-        ending = False
         async for msg in ws:
             events = _decode(msg, protocol, bad)
             if events is None:
@@ -270,32 +270,14 @@ async def _drive(
                 output = pending_output()
                 if output:
                     await write(output)
-            for event in events:
-                if type(event) is CallerAudio:  # the hot path first
-                    frames_in.inc()
-                    echo = on_event(event)
-                    if echo is not None:  # an immediate reply (parrot with no delay)
-                        await echo
-                elif isinstance(event, Malformed):
-                    bad.malformed(event)
-                    if event.fatal:
-                        session.outcome = "error"
-                        close_code = event.close_code
-                        await ws.close(code=event.close_code, message=event.reason.encode())
-                        ending = True
-                        break
-                elif isinstance(event, Ignored):
-                    bad.ignored(event)
-                elif isinstance(event, CallEnded):
-                    on_event(event)
-                    await ws.close(code=CLOSE_NORMAL)
-                    ending = True
-                    break
-                elif isinstance(event, CallStarted):
-                    bad.malformed(Malformed("second_start", "call already started"))
-                else:
-                    on_event(event)
-            if ending:
+            end = await dispatch(events, on_event, bad, frames_in)
+            if isinstance(end, Malformed):
+                session.outcome = "error"
+                close_code = end.close_code
+                await ws.close(code=end.close_code, message=end.reason.encode())
+                break
+            if end is not None:
+                await ws.close(code=CLOSE_NORMAL)
                 break
     finally:
         try:
@@ -321,6 +303,41 @@ async def _drive(
                 "call ended: outcome=%s duration=%.1fs", session.outcome, session.duration_seconds
             )
             call_id_var.reset(token)
+
+
+async def dispatch(
+    events: list[InboundEvent],
+    on_event: Callable[[InboundEvent], Awaitable[None] | None],
+    bad: BadInputLog,
+    frames_in: Counter,
+) -> Malformed | CallEnded | None:
+    """Hand a call's inbound events to its conversation (every transport's receive loop).
+
+    Caller audio is the hot path and comes first; an immediate reply the conversation returns
+    (the parrot's echo) is awaited before reading on. Bad input is counted and logged once per
+    reason. Returns what ends the call, a fatal :class:`Malformed` or :class:`CallEnded`
+    (already handed to the conversation), else None.
+    """
+    for event in events:
+        if type(event) is CallerAudio:
+            frames_in.inc()
+            echo = on_event(event)
+            if echo is not None:
+                await echo
+        elif isinstance(event, Malformed):
+            bad.malformed(event)
+            if event.fatal:
+                return event
+        elif isinstance(event, Ignored):
+            bad.ignored(event)
+        elif isinstance(event, CallEnded):
+            on_event(event)
+            return event
+        elif isinstance(event, CallStarted):
+            bad.malformed(Malformed("second_start", "call already started"))
+        else:
+            on_event(event)
+    return None
 
 
 async def max_duration(session: CallSession, seconds: float) -> None:
