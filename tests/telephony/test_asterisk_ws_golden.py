@@ -1,6 +1,6 @@
 """Golden tests: replay real Asterisk 23.4.1 chan_websocket transcripts through the core.
 
-The transcripts (``shared/fixtures/asterisk-23.4.1/*.jsonl``) record what a real Asterisk
+The transcripts (``tests/fixtures/asterisk-23.4.1/*.jsonl``) record what a real Asterisk
 sent: TEXT messages verbatim, BINARY messages by size and first bytes (we rebuild each one
 from its head, padded to its size). The core must turn them into exactly the events the
 call implies, and our own commands must match what the capture server sent.
@@ -36,13 +36,13 @@ from gateway.telephony.events import (
 )
 
 TIMEOUT = 5.0
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "asterisk-23.4.1"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "asterisk-23.4.1"
 
 
 def load(name: str) -> list[dict[str, Any]]:
     path = FIXTURES / f"{name}.jsonl"
     if not path.is_file():
-        pytest.fail(f"fixture missing: {path} (the shared/ folder must sit beside the repo)")
+        pytest.fail(f"fixture missing: {path} (see tests/fixtures/README.md)")
     with path.open() as fh:
         records = [json.loads(line) for line in fh if line.strip()]
     return sorted(records, key=lambda r: float(r["t_ms"]))

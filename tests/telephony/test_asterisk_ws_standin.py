@@ -34,7 +34,7 @@ from gateway.telephony.events import (
 )
 
 TIMEOUT = 5.0
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "asterisk-23.4.1"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "asterisk-23.4.1"
 
 QUEUE_LENGTH_MAX = 1000
 XOFF_LEVEL = 900
@@ -193,7 +193,7 @@ class AsteriskQueue:
 def load(name: str) -> list[dict[str, Any]]:
     path = FIXTURES / f"{name}.jsonl"
     if not path.is_file():
-        pytest.fail(f"fixture missing: {path} (the shared/ folder must sit beside the repo)")
+        pytest.fail(f"fixture missing: {path} (see tests/fixtures/README.md)")
     with path.open() as fh:
         return sorted((json.loads(x) for x in fh if x.strip()), key=lambda r: float(r["t_ms"]))
 

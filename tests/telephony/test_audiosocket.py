@@ -38,7 +38,7 @@ from gateway.telephony.events import (
 from gateway.telephony.pacing import OutboundAudio
 
 TIMEOUT = 5.0
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "asterisk-23.4.1"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "asterisk-23.4.1"
 
 UUID_HEX = "40325ec25efd4bd3805f53576e581d13"  # the reference's example (§3.3)
 UUID_STR = str(uuid.UUID(UUID_HEX))
@@ -225,7 +225,7 @@ def test_silence_packet_is_cached_and_follows_the_kind() -> None:
 def load(name: str) -> list[dict[str, Any]]:
     path = FIXTURES / f"{name}.jsonl"
     if not path.is_file():
-        pytest.fail(f"fixture missing: {path} (the shared/ folder must sit beside the repo)")
+        pytest.fail(f"fixture missing: {path} (see tests/fixtures/README.md)")
     with path.open() as fh:
         return sorted((json.loads(x) for x in fh if x.strip()), key=lambda r: float(r["t_ms"]))
 

@@ -1,7 +1,7 @@
 """Golden tests: replay the real 2020 Twilio call log through TwilioMediaProtocol.
 
 The fixture is Twilio's own capture (``twilio/media-streams`` ``node/connect-basic/
-output.txt``, copied to /work/shared/fixtures/twilio-connect-basic-2020.log): an echo server
+output.txt``, copied to tests/fixtures/twilio-connect-basic-2020.log): an echo server
 that, after every 50 inbound media messages, sends the same audio back as one media message
 followed by a mark. Node printed the messages as JavaScript object literals; a small
 converter for that subset turns them into JSON at test time, so the log itself is the input.
@@ -38,10 +38,8 @@ from gateway.telephony.twilio import TwilioMediaProtocol
 
 TIMEOUT = 5.0  # seconds; unused by these synchronous tests, kept for the suite's one pattern
 
-# /work/shared sits beside the repository root (/work/main).
-FIXTURE = (
-    Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "twilio-connect-basic-2020.log"
-)
+# Checked into the repository (tests/fixtures/README.md says where it came from).
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "twilio-connect-basic-2020.log"
 
 STREAM_SID = "9e7ee906-377b-408f-a852-eebfb834422a"
 CALL_SID = "CA3c95a2a6bba5fde93a5dea01e388e8fb"
@@ -106,7 +104,7 @@ _HEADER = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z (From Twilio|To Twilio|Server):
 def read_log(path: Path) -> list[LogEntry]:
     """Every timestamped entry of the log, with its (possibly multi-line) object parsed."""
     if not path.is_file():
-        pytest.fail(f"fixture missing: {path} (expected /work/shared beside the repository)")
+        pytest.fail(f"fixture missing: {path} (see tests/fixtures/README.md)")
     lines = path.read_text(encoding="utf-8").splitlines()
     entries: list[LogEntry] = []
     index = 0
