@@ -35,6 +35,7 @@ class AgentMode(StrEnum):
     ECHO = "echo"  # built-in: repeats the caller's transcript
     PARROT = "parrot"  # plays the caller's audio back: audio-path test, no speech services
     WEBHOOK = "webhook"  # the user's agent over HTTP (AGENT_WEBHOOK_URL)
+    LLM = "llm"  # built-in: an OpenAI-compatible chat-completions server (LLM_BASE_URL)
 
 
 class LogFormat(StrEnum):
@@ -51,6 +52,15 @@ class HamsaAuthMode(StrEnum):
     HEADER = "header"  # X-Api-Key header (default)
     QUERY = "query"  # ?api_key= query parameter
 
+
+# The built-in LLM agent's default system prompt (Arabic, as the product's callers speak it).
+DEFAULT_LLM_SYSTEM_PROMPT = (
+    "أنت مساعد صوتي ودود يجيب على المكالمات الهاتفية باللغة العربية. "
+    "أجب بجمل قصيرة وواضحة تصلح للنطق، "
+    "بلا رموز ولا قوائم ولا تنسيق. "
+    "إذا أراد المتصل إنهاء المكالمة فودّعه ثم استخدم الأداة end_call، "
+    "وإذا طلب التحدث إلى موظف فاستخدم الأداة transfer_call."
+)
 
 # (name, default, meaning). Defaults are strings exactly as a user would type them.
 ENV_VARS: tuple[tuple[str, str, str], ...] = (
@@ -85,8 +95,31 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
         "what `say` busy mode says",
     ),
     ("TWILIO_CHUNK_MS", "100", "largest outbound media message in ms (20-200)"),
-    ("AGENT", "echo", "`echo` (built-in), `parrot` (audio loopback) or `webhook`"),
+    (
+        "AGENT",
+        "echo",
+        "`echo` (built-in), `parrot` (audio loopback), `webhook` or `llm` (built-in LLM agent)",
+    ),
     ("AGENT_WEBHOOK_URL", "", "the agent's URL, required when AGENT=webhook"),
+    (
+        "LLM_BASE_URL",
+        "https://api.openai.com/v1",
+        "AGENT=llm: OpenAI-compatible base URL (vLLM, Ollama `http://host:11434/v1`, llama.cpp "
+        "server); the gateway POSTs to {base}/chat/completions",
+    ),
+    ("LLM_API_KEY", "", "AGENT=llm: bearer key (empty: no Authorization header); never logged"),
+    ("LLM_MODEL", "gpt-4o-mini", "AGENT=llm: the `model` sent with every request"),
+    (
+        "LLM_SYSTEM_PROMPT",
+        DEFAULT_LLM_SYSTEM_PROMPT,
+        "AGENT=llm: the system message that starts every call's history",
+    ),
+    (
+        "LLM_TOOLS",
+        "true",
+        "AGENT=llm: declare the `end_call` and `transfer_call` tools (turn off for servers "
+        "without tool support, e.g. llama.cpp server without `--jinja`)",
+    ),
     ("AGENT_TIMEOUT", "8", "seconds to wait for the agent's first text before the fallback"),
     (
         "AGENT_FALLBACK_TEXT",
@@ -182,6 +215,11 @@ class Settings:
 
     agent: AgentMode = AgentMode.ECHO
     agent_webhook_url: str = ""
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_api_key: str = field(default="", repr=False)
+    llm_model: str = "gpt-4o-mini"
+    llm_system_prompt: str = DEFAULT_LLM_SYSTEM_PROMPT
+    llm_tools: bool = True
     agent_timeout: float = 8.0
     agent_fallback_text: str = "عذرا، حدث خطأ. هل يمكنك الإعادة؟"
     greeting_text: str = ""
@@ -249,7 +287,12 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values that must never reach a log line (see gateway.logs.SecretFilter)."""
-        values = (self.twilio_auth_token, self.hamsa_api_key, self.asterisk_ws_password)
+        values = (
+            self.twilio_auth_token,
+            self.hamsa_api_key,
+            self.asterisk_ws_password,
+            self.llm_api_key,
+        )
         return tuple(v for v in values if v)
 
 
@@ -401,6 +444,11 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "twilio_chunk_ms": ("TWILIO_CHUNK_MS", _int(20, 200)),
     "agent": ("AGENT", _enum(AgentMode)),
     "agent_webhook_url": ("AGENT_WEBHOOK_URL", _optional_url(("https", "http"))),
+    "llm_base_url": ("LLM_BASE_URL", _url(("https", "http"))),
+    "llm_api_key": ("LLM_API_KEY", _text),
+    "llm_model": ("LLM_MODEL", _text),
+    "llm_system_prompt": ("LLM_SYSTEM_PROMPT", _text),
+    "llm_tools": ("LLM_TOOLS", _bool),
     "agent_timeout": ("AGENT_TIMEOUT", _float(0.1, 600)),
     "agent_fallback_text": ("AGENT_FALLBACK_TEXT", _text),
     "greeting_text": ("GREETING_TEXT", _text),
@@ -464,6 +512,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.agent is AgentMode.WEBHOOK and not settings.agent_webhook_url:
         raise ConfigError("AGENT_WEBHOOK_URL", "set when AGENT=webhook")
+    if settings.agent is AgentMode.LLM and not settings.llm_model.strip():
+        raise ConfigError("LLM_MODEL", "set when AGENT=llm")
     if bool(settings.asterisk_ws_username) != bool(settings.asterisk_ws_password):
         raise ConfigError("ASTERISK_WS_PASSWORD", "set together with ASTERISK_WS_USERNAME")
     return settings
