@@ -6,8 +6,16 @@ of them, so a hang-up leaves nothing behind. The *conversation* (parrot loopback
 agent) plugs in through the :class:`Conversation` protocol and talks to the caller only through
 :meth:`CallSession.send` with outbound events from ``gateway.telephony.events``.
 
-The :class:`CallRegistry` admits calls up to ``MAX_CALLS``, refuses them while draining, and lets
-the drain wait until the last call is gone.
+The :class:`CallRegistry` admits calls up to ``MAX_CALLS``, refuses them while draining or while
+a required backend is down (a *gate*: the Hamsa circuit breaker), and lets the drain wait until
+the last call is gone. Every transport refuses through :meth:`CallRegistry.refuse`: one counter
+(``gateway_calls_total{outcome="refused_<reason>"}``) and one rate-limited log line per reason.
+
+Outcome: :attr:`CallSession.outcome` is the one source of truth for how a call ended. It is
+final from the moment the call starts closing (:meth:`CallSession.aclose`); the call record
+(written by the conversation's ``finish``, after ``aclose``) and ``gateway_calls_total``
+(counted by :meth:`CallRegistry.remove`, after that) both read the same, frozen value, so a
+hang-up that races the end of a call (a drain) can no longer make them disagree.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
-from gateway.logs import call_id_var
+from gateway.logs import ThrottledLog, call_id_var
 from gateway.metrics import Metrics
 from gateway.telephony.events import (
     AudioFormat,
@@ -69,7 +77,7 @@ class CallSession:
         self.stream_id = started.stream_id
         self.metadata: Mapping[str, str] = started.metadata
         self.started_monotonic = time.monotonic()
-        self.outcome = "completed"
+        self._outcome = "completed"
         self.metrics = metrics
         self._send = send
         self._on_hangup = on_hangup
@@ -80,6 +88,36 @@ class CallSession:
         # Transport call control, set by the glue where the carrier offers it: hand the caller
         # to a number or SIP URI; True when the carrier accepted the transfer.
         self.transfer: Callable[[str], Awaitable[bool]] | None = None
+        # What the conversation says and hears, for transports that show it to the caller
+        # (the browser softphone): ``observer(kind, fields)``, see :meth:`observe`.
+        self.observer: Callable[[str, Mapping[str, object]], None] | None = None
+
+    @property
+    def outcome(self) -> str:
+        """How the call ended (``completed`` unless something said otherwise)."""
+        return self._outcome
+
+    @outcome.setter
+    def outcome(self, value: str) -> None:
+        # Final once the call started closing: the record and the metric read it after that.
+        if not self._closed:
+            self._outcome = value
+
+    def observe(self, kind: str, **fields: object) -> None:
+        """Tell the transport's :attr:`observer`, if any, about a conversation event.
+
+        Kinds (from the voice agent): ``speech_end`` (``stream_ms``: caller-audio position
+        where the caller stopped speaking), ``transcript`` and ``reply`` (``turn``, ``text``),
+        ``interrupted`` (``turn``, ``heard``). Synchronous and cheap (never per frame); an
+        observer's failure is logged, never raised into the conversation.
+        """
+        observer = self.observer
+        if observer is None:
+            return
+        try:
+            observer(kind, fields)
+        except Exception:
+            log.exception("call observer failed on %s", kind)
 
     # ------------------------------------------------------------------ tasks
 
@@ -139,7 +177,10 @@ class CallSession:
         self.spawn(conversation.run(), "conversation")
 
     async def aclose(self) -> None:
-        """Cancel every task the call owns and wait for them all (idempotent)."""
+        """Cancel every task the call owns and wait for them all (idempotent).
+
+        From here on :attr:`outcome` is final (see the module docstring).
+        """
         self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
@@ -159,10 +200,15 @@ class CallSession:
 class CallRegistry:
     """Admission control and bookkeeping for live calls (capacity, drain)."""
 
-    def __init__(self, max_calls: int, metrics: Metrics) -> None:
+    def __init__(self, max_calls: int, metrics: Metrics, *, refusal_log_interval: float = 60.0):
         self.max_calls = max_calls
         self.metrics = metrics
         self.draining = False
+        # Refusals and other lines outsiders can trigger at will: first one per key, then at
+        # most one summary per interval (a flood of refused calls must not flood the log).
+        self.throttled_log = ThrottledLog(log, refusal_log_interval)
+        # reason -> "closed now?": e.g. speech_unavailable while the Hamsa circuit is open.
+        self._gates: dict[str, Callable[[], bool]] = {}
         self._calls: dict[int, CallSession] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -172,13 +218,34 @@ class CallRegistry:
         """Live calls."""
         return len(self._calls)
 
+    def add_gate(self, reason: str, closed: Callable[[], bool]) -> None:
+        """Refuse new calls with ``reason`` (a fixed token) while ``closed()`` is true."""
+        self._gates[reason] = closed
+
+    def remove_gate(self, reason: str) -> None:
+        self._gates.pop(reason, None)
+
     def refusal_reason(self) -> str | None:
-        """Why a new call would be refused (``draining`` / ``at_capacity``), or None."""
+        """Why a new call would be refused (``draining`` / ``at_capacity`` / a gate), or None."""
         if self.draining:
             return "draining"
         if self.count >= self.max_calls:
             return "at_capacity"
+        for reason, closed in self._gates.items():
+            if closed():
+                return reason
         return None
+
+    def refuse(self, transport: Transport, reason: str, call_id: str = "?") -> None:
+        """Count a refused call and log it, rate-limited per transport and reason."""
+        self.metrics.calls.labels(transport.value, "refused_" + reason).inc()
+        self.throttled_log.warning(
+            f"refused:{transport.value}:{reason}",
+            "%s call %s refused: %s",
+            transport.value,
+            call_id,
+            reason,
+        )
 
     def admit(self, session: CallSession) -> str | None:
         """Register a new call; return why it was refused instead, or None when admitted."""
@@ -211,5 +278,6 @@ class CallRegistry:
         return True
 
     def hangup_all(self, reason: str) -> None:
+        """Hang up every live call with outcome ``drained`` (a call already ending keeps its)."""
         for session in self.sessions():
             session.hangup(reason, outcome="drained")

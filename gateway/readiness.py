@@ -31,6 +31,20 @@ class Readiness:
     def unregister(self, name: str) -> None:
         self._probes.pop(name, None)
 
+    def probe_ready(self, name: str) -> bool:
+        """True unless probe ``name`` is registered and reports not ready (or fails).
+
+        Cheap enough to ask once per new call: the call registry refuses calls while the
+        speech backend is down (circuit open), exactly when ``/readyz`` says so.
+        """
+        entry = self._probes.get(name)
+        if entry is None:
+            return True
+        try:
+            return entry[0]().ready
+        except Exception:
+            return False
+
     def report(self) -> tuple[bool, dict[str, Any]]:
         """(ready, body) for /readyz."""
         reasons: list[str] = []

@@ -1,7 +1,7 @@
 """Asterisk chan_websocket glue: the media WebSocket Asterisk dials (``ASTERISK_WS_PATH``).
 
 Asterisk is the WebSocket *client* (``websocket_client.conf`` + ``Dial(WebSocket/<conn>/...)``,
-shared/protocols/asterisk.md §2.3). The upgrade is accepted only with the HTTP Basic
+docs/protocols/asterisk.md §2.3). The upgrade is accepted only with the HTTP Basic
 credentials ``ASTERISK_WS_USERNAME`` / ``ASTERISK_WS_PASSWORD``; with no credentials
 configured every upgrade gets 401 (secure by default) and start-up logs that chan_websocket
 is disabled. Refusals are counted in ``gateway_auth_failures_total{transport="asterisk_ws"}``.
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 SUBPROTOCOL = "media"  # the only one res_http_websocket registers for chan_websocket
 _UNAUTHORIZED_HEADERS: Mapping[str, str] = {"WWW-Authenticate": 'Basic realm="asterisk"'}
 
+# Refusals (at capacity, draining, speech backend down) answer the upgrade with HTTP 503.
+RETRY_AFTER_SECONDS = "5"
 
 def credentials_ok(settings: Settings, authorization: str | None) -> bool:
     """True iff ``authorization`` is ``Basic`` with exactly the configured user and password.
@@ -66,9 +68,25 @@ async def media(request: web.Request) -> web.StreamResponse:
     if not credentials_ok(settings, request.headers.get(hdrs.AUTHORIZATION)):
         app[keys.METRICS].auth_failures.labels(Transport.ASTERISK_WS.value).inc()
         why = "not configured" if not settings.asterisk_ws_username else "wrong or missing"
-        log.warning("refused chan_websocket upgrade from %s: credentials %s", request.remote, why)
+        app[keys.CALLS].throttled_log.warning(
+            "asterisk_ws_auth",
+            "refused chan_websocket upgrade from %s: credentials %s",
+            request.remote,
+            why,
+        )
         return web.Response(status=401, text="unauthorized\n", headers=_UNAUTHORIZED_HEADERS)
     ws = web.WebSocketResponse(
+    registry = app[keys.CALLS]
+    refusal = registry.refusal_reason()
+    if refusal is not None:
+        # Refuse *before* the upgrade. An accepted upgrade is an answered channel: Asterisk
+        # ignores WebSocket close codes, so Dial() would report ANSWER and the caller hear a
+        # hang-up 3 ms later (seen on 23.4.1). A non-101 reply makes the websocket client
+        # fail, Dial() ends with DIALSTATUS=CHANUNAVAIL and the dialplan can fail over.
+        registry.refuse(Transport.ASTERISK_WS, refusal, f"(upgrade from {request.remote})")
+        return web.Response(
+            status=503, text=f"refused: {refusal}\n", headers={"Retry-After": RETRY_AFTER_SECONDS}
+        )
         protocols=(SUBPROTOCOL,),
         compress=False,  # never negotiate extensions: Asterisk fails the handshake on any
         heartbeat=None,  # never ping: older releases hang up on a PING

@@ -1,4 +1,10 @@
-"""Operational endpoints: ``/healthz`` (alive), ``/readyz`` (ready for calls), ``/metrics``."""
+"""Operational endpoints: ``/healthz`` (alive), ``/readyz`` (ready for calls), ``/metrics``.
+
+What ``/readyz`` says is also what admission does: while the speech probe is not ready (the
+Hamsa circuit is open) every transport refuses new calls with reason ``speech_unavailable``
+(Twilio busy TwiML, chan_websocket HTTP 503, AudioSocket hang-up packet), rather than
+answering a caller into dead air.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +34,17 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+SPEECH_UNAVAILABLE = "speech_unavailable"  # refusal reason (a gateway_calls_total label)
+
+
+async def _gate_calls_on_speech(app: web.Application) -> None:
+    # on_startup runs after every cleanup_ctx setup, so the speech probe is registered by now.
+    readiness = app[keys.READINESS]
+    app[keys.CALLS].add_gate(SPEECH_UNAVAILABLE, lambda: not readiness.probe_ready("speech"))
+
+
 def add_routes(app: web.Application) -> None:
+    app.on_startup.append(_gate_calls_on_speech)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

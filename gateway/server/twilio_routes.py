@@ -1,6 +1,6 @@
 """Twilio HTTP glue: the voice webhook, stream status callbacks and the media WebSocket.
 
-- ``POST /twilio/voice`` answers TwiML ``<Connect><Stream>`` (shared/protocols/twilio.md §1.2)
+- ``POST /twilio/voice`` answers TwiML ``<Connect><Stream>`` (docs/protocols/twilio.md §1.2)
   or, at capacity / while draining, a polite refusal (never a 5xx).
 - ``POST /twilio/stream-status`` logs and counts Twilio's stream callbacks.
 - ``GET /twilio/media`` is the bidirectional Media Stream, run by the shared driver.
@@ -59,7 +59,10 @@ def _is_signed(request: web.Request, url: str, params: dict[str, list[str]], end
     else:
         why = "no TWILIO_AUTH_TOKEN configured"
     request.app[keys.METRICS].signature_failures.labels(endpoint).inc()
-    log.warning("refused Twilio %s request: signature %s", endpoint, why)
+    # Anyone can send these at will: rate-limited per endpoint (the counter has every one).
+    request.app[keys.CALLS].throttled_log.warning(
+        "twilio_signature:" + endpoint, "refused Twilio %s request: signature %s", endpoint, why
+    )
     return False
 
 
@@ -76,10 +79,13 @@ async def voice(request: web.Request) -> web.Response:
     params = _form_params(form)
     if not _is_signed(request, settings.public_base + request.path_qs, params, "voice"):
         return web.Response(status=403, text="invalid Twilio signature\n")
-    refusal = request.app[keys.CALLS].refusal_reason()
+    registry = request.app[keys.CALLS]
+    refusal = registry.refusal_reason()
     if refusal is not None:
-        request.app[keys.METRICS].calls.labels(Transport.TWILIO.value, "refused_" + refusal).inc()
-        log.warning("turning call %s away: %s", params.get("CallSid", ["?"])[0], refusal)
+        # At capacity, draining, or the speech backend down (circuit open): busy TwiML, so
+        # the caller hears "busy" instead of dead air, never a 5xx (Twilio would play its own
+        # error message).
+        registry.refuse(Transport.TWILIO, refusal, params.get("CallSid", ["?"])[0])
         return web.Response(text=_busy_twiml(settings), content_type="text/xml")
     # Twilio rejects query strings on the stream URL (error 31920): values go in <Parameter>s.
     parameters: list[tuple[str, str]] = [

@@ -8,8 +8,9 @@ the timers and the call:
 * **Admission.** AudioSocket has no authentication, so a connection from outside
   ``AUDIOSOCKET_ALLOW`` is closed at once (counted in
   ``gateway_auth_failures_total{transport="audiosocket"}``, logged once per source address,
-  with a bounded memory of addresses). At capacity or while draining the call is refused
-  with the hang-up packet ``00 00 00``.
+  with a bounded memory of addresses). At capacity, while draining or while the speech
+  backend is down (``CallRegistry.refusal_reason``) the connection gets the hang-up packet
+  ``00 00 00`` at once, before anything is read, and is counted as a refused call.
 * **Start.** The UUID comes first and the first audio message (normally within 1 ms) tells
   the rate; if no audio follows within ``audio_wait`` seconds the call starts at 8 kHz
   (:meth:`AudioSocketProtocol.start_default`).
@@ -168,6 +169,19 @@ class AudioSocketServer:
                 self._refuse(host)
                 writer.transport.abort()
                 return
+            refusal = self._registry.refusal_reason()
+            if refusal is not None:
+                # At capacity, draining or speech down: hang up at once, before reading the
+                # call (the hang-up packet is what Asterisk understands; it ends the channel).
+                self._registry.refuse(_TRANSPORT, refusal, f"(connection from {host})")
+                writer.write(HANGUP_PACKET)
+                writer.close()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CLOSE_GRACE_SECONDS):
+                        await writer.wait_closed()
+                if not writer.transport.is_closing():
+                    writer.transport.abort()
+                return
             call = _AudioSocketCall(self, reader, writer)
             await call.run()
         except asyncio.CancelledError:
@@ -267,9 +281,8 @@ class _AudioSocketCall:
         registry = srv._registry
         session = CallSession(started, self._send, metrics, on_hangup=self._on_hangup)
         refused = registry.admit(session)
-        if refused is not None:
-            metrics.calls.labels(_TRANSPORT.value, "refused_" + refused).inc()
-            log.warning("AudioSocket call %s refused: %s", started.call_id, refused)
+        if refused is not None:  # the state changed while the call was starting
+            registry.refuse(_TRANSPORT, refused, started.call_id)
             self._send_hangup()
             return
         token = call_id_var.set(started.call_id)

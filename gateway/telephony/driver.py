@@ -238,8 +238,7 @@ async def _drive(
     session = CallSession(started, send_wire, metrics, on_hangup=on_hangup)
     refused = registry.admit(session)
     if refused is not None:
-        metrics.calls.labels(transport.value, "refused_" + refused).inc()
-        log.warning("call %s refused: %s", started.call_id, refused)
+        registry.refuse(transport, refused, started.call_id)
         await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=refused.encode())
         return
     token = call_id_var.set(started.call_id)
