@@ -99,4 +99,8 @@ def make_brain(settings: Settings, session: aiohttp.ClientSession) -> Brain:
     """
     if settings.agent is AgentMode.WEBHOOK:
         return WebhookBrain(session, settings)
+    if settings.agent is AgentMode.LLM:
+        from gateway.agent.llm import LlmBrain  # the built-in LLM agent (gateway/agent/llm.py)
+
+        return LlmBrain(session, settings)
     return EchoBrain()
