@@ -2,7 +2,7 @@
 
 Telephony audio is 8 kHz G.711 (μ-law for Twilio and most PBXs, A-law in Europe) or 8 kHz
 signed linear ("slin"); Hamsa speech works on 16 kHz PCM16. Inside the gateway audio is PCM16
-little-endian mono with its sample rate carried beside it (see ``/work/shared/design.md``).
+little-endian mono with its sample rate carried beside it (see README, Architecture).
 """
 
 from typing import Final

@@ -4,7 +4,7 @@ References: Microsoft "Multimedia Programming Interface and Data Specifications 
 RIFF chunks (4-byte id, 4-byte little-endian size, body, one pad byte after an odd-sized
 body) and the WAVE ``fmt `` chunk (WAVEFORMAT / WAVEFORMATEX / WAVEFORMATEXTENSIBLE).
 
-Hamsa needs and sends WAV in inconsistent ways (``/work/shared/protocols/hamsa.md``):
+Hamsa needs and sends WAV in inconsistent ways (``docs/protocols/hamsa.md``):
 
 * STT takes whole WAV files only ("Only WAV files are supported" for raw PCM, §2.4, §4):
   ``build_wav``.

@@ -2,7 +2,7 @@
 
 The agent's reply streams in as arbitrary deltas; each finished sentence goes to Hamsa TTS
 at once so the caller hears the first sentence while the agent is still writing the rest
-(the original system's biggest latency lever, see shared/protocols/agent-webhook.md).
+(the original system's biggest latency lever, see docs/protocols/agent-webhook.md).
 
 Rules, applied to the pending text from its start (the first rule that matches wins):
 

@@ -1,6 +1,6 @@
 """The agent webhook client: request body, reply parsing, streaming glue.
 
-Contract: shared/protocols/agent-webhook.md. The request extends the original system's
+Contract: docs/protocols/agent-webhook.md. The request extends the original system's
 ``{"text", "session_id"}`` (see :func:`build_request`); the reply may come in any form users
 run today, recognised by its first bytes (never by Content-Type, which n8n sets to
 ``application/json`` even when it streams):

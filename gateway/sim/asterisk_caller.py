@@ -1,6 +1,6 @@
 """Simulated Asterisk peers: a chan_websocket channel and an AudioSocket channel.
 
-Used by the tests and by ``gateway call``. Both behave as shared/protocols/asterisk.md
+Used by the tests and by ``gateway call``. Both behave as docs/protocols/asterisk.md
 describes Asterisk 23 (§2, §3, and the real 23.4.1 observations of §7), faults included, so
 the gateway is proven against Asterisk's rules rather than our own reading of them.
 

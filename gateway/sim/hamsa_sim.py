@@ -1,6 +1,6 @@
 """A faithful local Hamsa simulator: realtime WebSocket plus REST, with timing and fault knobs.
 
-It behaves as ``shared/protocols/hamsa.md`` §5 suggests (section numbers refer to that file):
+It behaves as ``docs/protocols/hamsa.md`` §5 suggests (section numbers refer to that file):
 
 WebSocket ``/v1/realtime/ws``
   * auth by ``X-Api-Key`` header or ``?api_key=`` query (§1.1). A bad key is accepted and

@@ -1,7 +1,7 @@
 """A simulated Twilio Media Streams peer: what Twilio does on a `<Connect><Stream>` call.
 
 Used by the tests, ``gateway call`` and ``gateway loadtest``. It behaves like the carrier as
-shared/protocols/twilio.md describes it:
+docs/protocols/twilio.md describes it:
 
 - signs the WebSocket upgrade with ``X-Twilio-Signature`` over the ``wss://`` URL (empty params);
 - sends ``connected``, then ``start`` (sequenceNumber "1"), then 20 ms ``media`` messages of

@@ -2,8 +2,8 @@
 
 Asterisk dials the gateway (``Dial(WebSocket/<connection>/c(<codec>)f(json)v(...))``) and
 speaks TEXT control messages plus BINARY raw-codec media. Wire facts are from
-``shared/protocols/asterisk.md`` §2 and §7 (``channels/chan_websocket.c``; real 23.4.1
-transcripts in ``shared/fixtures/asterisk-23.4.1``). This module does no I/O and reads no
+``docs/protocols/asterisk.md`` §2 and §7 (``channels/chan_websocket.c``; real 23.4.1
+transcripts in ``tests/fixtures/asterisk-23.4.1``). This module does no I/O and reads no
 clock: the glue feeds it what arrived and writes what it returns.
 
 Contract for the glue

@@ -2,7 +2,7 @@
 
 Asterisk connects to the gateway over TCP and both sides exchange TLV messages
 ``[kind: u8][length: u16 big-endian][payload]`` (``include/asterisk/res_audiosocket.h``;
-``shared/protocols/asterisk.md`` §3 and §7). Kinds: 0x00 hang-up, 0x01 UUID (16 raw bytes,
+``docs/protocols/asterisk.md`` §3 and §7). Kinds: 0x00 hang-up, 0x01 UUID (16 raw bytes,
 always first), 0x03 DTMF (one ASCII byte), 0x10..0x18 signed 16-bit little-endian PCM at
 8/12/16/24/32/44.1/48/96/192 kHz, 0xFF error. Asterisk never sends 0x00 (it just closes
 TCP, so EOF is the hang-up) and treats anything from us other than 0x00 or audio, or audio

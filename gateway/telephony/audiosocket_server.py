@@ -1,7 +1,7 @@
 """The AudioSocket TCP server: Asterisk connects, one connection is one call.
 
 Asterisk is always the TCP client (``AudioSocket(<uuid>,host:port)``, ``Dial(AudioSocket/...)``
-or ARI externalMedia; shared/protocols/asterisk.md §3). The wire is parsed by the sans-I/O
+or ARI externalMedia; docs/protocols/asterisk.md §3). The wire is parsed by the sans-I/O
 :class:`~gateway.telephony.audiosocket.AudioSocketProtocol`; this module owns the socket,
 the timers and the call:
 

@@ -2,7 +2,7 @@
 
 Asterisk writes every AudioSocket packet to the channel the moment it arrives: there is no
 queue and no re-timing (``apps/app_audiosocket.c``, ``channels/chan_audiosocket.c``; see
-``shared/protocols/asterisk.md`` §3). So the gateway must send exactly one 20 ms frame per
+``docs/protocols/asterisk.md`` §3). So the gateway must send exactly one 20 ms frame per
 tick itself, and must keep sending (silence) while idle, because the ``AudioSocket()``
 application hangs up after 2000 ms without activity (``MAX_WAIT_TIMEOUT_MSEC``).
 

@@ -3,7 +3,7 @@
 :class:`TwilioMediaProtocol` turns the WebSocket TEXT messages Twilio sends into the
 provider-neutral events of :mod:`gateway.telephony.events`, and turns outbound events into
 the TEXT messages to write. It owns no socket, task or clock: the glue feeds it what
-arrived and writes what it returns. Wire shapes follow /work/shared/protocols/twilio.md
+arrived and writes what it returns. Wire shapes follow docs/protocols/twilio.md
 (§1.3 inbound, §1.4 outbound), which cites
 https://www.twilio.com/docs/voice/media-streams/websocket-messages and the real 2020 call
 log of ``twilio/media-streams`` ``node/connect-basic/output.txt``.

@@ -1,7 +1,7 @@
 """Twilio REST call control: hang up or redirect a live call.
 
 ``POST {base}/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`` with HTTP Basic
-``AccountSid:AuthToken`` (shared/protocols/twilio.md §1.6). A call that is already gone answers
+``AccountSid:AuthToken`` (docs/protocols/twilio.md §1.6). A call that is already gone answers
 HTTP 404 with code 20404: that counts as success (the call has ended either way).
 """
 

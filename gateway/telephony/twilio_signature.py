@@ -1,6 +1,6 @@
 """X-Twilio-Signature: compute and validate Twilio's request signature.
 
-Algorithm (/work/shared/protocols/twilio.md §1.5, VERIFIED from twilio-python
+Algorithm (docs/protocols/twilio.md §1.5, VERIFIED from twilio-python
 ``twilio/request_validator.py``): take the full URL Twilio requested, including its query
 string; append ``name + value`` for every POST parameter, names sorted and each repeated
 name's values sorted, with no separators; sign the UTF-8 bytes with HMAC-SHA1 keyed by the

@@ -1,7 +1,7 @@
 """TwiML builders: pure functions returning complete XML documents for Twilio.
 
 Every builder returns ``<?xml version="1.0" encoding="UTF-8"?>`` followed by one
-``<Response>``, serve it as ``Content-Type: text/xml`` (/work/shared/protocols/twilio.md
+``<Response>``, serve it as ``Content-Type: text/xml`` (docs/protocols/twilio.md
 §1.2). Elements are built with :mod:`xml.etree.ElementTree`, which escapes ``&``, ``<``,
 ``>`` and ``"`` in text and attributes; text stays Unicode (Arabic is written as is, the
 document being UTF-8). Characters XML 1.0 cannot carry at all (most C0 controls, lone

@@ -1,4 +1,4 @@
-"""Test agent webhooks speaking every reply form of shared/protocols/agent-webhook.md.
+"""Test agent webhooks speaking every reply form of docs/protocols/agent-webhook.md.
 
 ``make_agent_app(kind, **knobs)`` returns an aiohttp application answering POST on any
 path; ``app[REQUESTS_KEY]`` records each request's parsed JSON body (a body that is not a

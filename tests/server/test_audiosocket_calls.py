@@ -366,7 +366,7 @@ async def test_voice_agent_call_over_audiosocket(
 
 
 def test_packet_helper_matches_the_reference_examples() -> None:
-    # shared/protocols/asterisk.md §3.3: DTMF '5' is 03 00 01 35, hang-up is 00 00 00.
+    # docs/protocols/asterisk.md §3.3: DTMF '5' is 03 00 01 35, hang-up is 00 00 00.
     assert packet(0x03, b"5") == bytes.fromhex("03000135")
     assert packet(0x00) == b"\x00\x00\x00"
     assert struct.unpack(">BH", packet(0x10, bytes(320))[:3]) == (0x10, 320)

@@ -1,4 +1,4 @@
-"""The Hamsa simulator follows shared/protocols/hamsa.md: texts, frames, faults, REST."""
+"""The Hamsa simulator follows docs/protocols/hamsa.md: texts, frames, faults, REST."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The core against a stand-in of Asterisk's chan_websocket playout queue.
 
 :class:`AsteriskQueue` models ``channels/chan_websocket.c`` (process_text_message,
-handle_command, process_binary_message, dequeue_frame) as ``shared/protocols/asterisk.md``
+handle_command, process_binary_message, dequeue_frame) as ``docs/protocols/asterisk.md``
 describes it, including its faults: a TEXT message over 128 bytes is ignored, a trailing
 partial frame is dropped unless buffering, MEDIA_XOFF at 900 queued frames and MEDIA_XON
 below 800, whole messages dropped at 1000, FLUSH_MEDIA discards markers silently and keeps

@@ -1,6 +1,6 @@
 """TwilioMediaProtocol: wire input -> events tables, outbound shapes, marks, fuzzing.
 
-Wire shapes are those of /work/shared/protocols/twilio.md §1.3 (inbound) and §1.4
+Wire shapes are those of docs/protocols/twilio.md §1.3 (inbound) and §1.4
 (outbound). Every table case is fed whole, with unknown fields added, and with unknown
 events interleaved: the events must not change.
 """

@@ -21,7 +21,7 @@ from gateway.telephony.twilio_signature import (
 
 TIMEOUT = 5.0  # seconds; the hypothesis deadline per example
 
-# The classic docs example (/work/shared/protocols/twilio.md §1.5).
+# The classic docs example (docs/protocols/twilio.md §1.5).
 TOKEN = "12345"
 URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
 PARAMS = {

@@ -5,7 +5,7 @@ Requests go out as JSON text built here; frames that arrived go in through
 :meth:`~HamsaProtocol.receive_close`, and come back as typed events. No sockets, no asyncio,
 no clock: the glue in ``client.py`` owns those.
 
-Wire facts (``shared/protocols/hamsa.md``; section numbers below refer to it):
+Wire facts (``docs/protocols/hamsa.md``; section numbers below refer to it):
 
 * §1.2 greeting after connect: ``{"type":"info","payload":{"message":"Connected to realtime
   WebSocket server"}}`` -> :class:`Greeting`.
