@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -183,6 +184,12 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ("ASTERISK_WS_PATH", "/asterisk/media", "chan_websocket endpoint path"),
     ("ASTERISK_WS_USERNAME", "", "Basic user expected from websocket_client.conf"),
     ("ASTERISK_WS_PASSWORD", "", "Basic password expected from websocket_client.conf"),
+    (
+        "ASTERISK_FORWARD_VARIABLES",
+        "",
+        "chan_websocket channel variables passed to the agent (comma list; v() parameters "
+        "always are); empty = none",
+    ),
     ("AUDIOSOCKET_PORT", "", "TCP port for Asterisk AudioSocket; empty = off"),
     ("AUDIOSOCKET_ALLOW", "127.0.0.1/32,::1/128", "source networks allowed to use AudioSocket"),
     ("CALL_RECORD_PATH", "", "append one JSON line per finished call here; empty = off"),
@@ -258,6 +265,7 @@ class Settings:
     asterisk_ws_path: str = "/asterisk/media"
     asterisk_ws_username: str = ""
     asterisk_ws_password: str = field(default="", repr=False)
+    asterisk_forward_variables: tuple[str, ...] = ()
     audiosocket_port: int | None = None
     audiosocket_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
 
@@ -388,6 +396,17 @@ def _networks(raw: str) -> tuple[str, ...]:
 _networks.expected = "comma-separated CIDR networks, e.g. 10.0.0.0/8,127.0.0.1/32"  # type: ignore[attr-defined]
 
 
+def _variable_names(raw: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if not all(_VARIABLE_NAME.fullmatch(n) for n in names):
+        raise ValueError
+    return names
+
+
+_VARIABLE_NAME = re.compile(r"[A-Za-z0-9_]{1,80}")
+_variable_names.expected = "comma-separated Asterisk variable names, e.g. CALLERID_NUM,LANG"  # type: ignore[attr-defined]
+
+
 def _optional_port(raw: str) -> int | None:
     if not raw.strip():
         return None
@@ -485,6 +504,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "asterisk_ws_path": ("ASTERISK_WS_PATH", _path),
     "asterisk_ws_username": ("ASTERISK_WS_USERNAME", _text),
     "asterisk_ws_password": ("ASTERISK_WS_PASSWORD", _text),
+    "asterisk_forward_variables": ("ASTERISK_FORWARD_VARIABLES", _variable_names),
     "audiosocket_port": ("AUDIOSOCKET_PORT", _optional_port),
     "audiosocket_allow": ("AUDIOSOCKET_ALLOW", _networks),
     "call_record_path": ("CALL_RECORD_PATH", _text),

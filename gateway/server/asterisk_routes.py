@@ -21,6 +21,7 @@ import base64
 import binascii
 import hmac
 import logging
+import time
 from collections.abc import Mapping
 
 from aiohttp import hdrs, web
@@ -99,7 +100,12 @@ async def media(request: web.Request) -> web.StreamResponse:
     query: dict[str, str] = {}
     for name, value in request.query.items():
         query.setdefault(name, value)
-    protocol = AsteriskWsProtocol(query=query, max_message_bytes=settings.max_message_bytes)
+    protocol = AsteriskWsProtocol(
+        query=query,
+        max_message_bytes=settings.max_message_bytes,
+        forward_variables=settings.asterisk_forward_variables,
+        clock=time.monotonic,  # byte-clock playout model for plain-text control
+    )
     await drive_websocket(
         ws,
         protocol,

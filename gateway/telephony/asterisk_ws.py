@@ -36,10 +36,18 @@ Design choices
   same releases that brought JSON control, and plain text cannot tell 23.1 from 23.4 (both
   send ``channel_id``). So with ``mark_media=None`` marks go on the wire only when
   MEDIA_START came in JSON; otherwise a *byte clock*: :attr:`bytes_sent` counts audio bytes
-  handed to the glue, each mark remembers its position, REPORT_QUEUE_DRAINED confirms every
-  mark set before the request (an empty queue means all earlier audio played), and a glue
-  that models Asterisk's 20 ms playout clock can retire marks earlier with
-  :meth:`marks_reached`. Pass ``mark_media=True`` when you know the PBX is new enough.
+  handed to the glue and each mark remembers its position. With an injected ``clock`` the
+  core models Asterisk's playout: chan_websocket plays one ``optimal_frame_size`` frame per
+  ``ptime`` from its queue (§2.4, §7 "re-times what it receives"), so audio sent at ``t``
+  finishes at ``max(t, end of what is queued) + bytes / (frame_size / ptime)``, and a mark
+  retires when that time has passed. The check runs when caller audio arrives (Asterisk
+  sends a frame every 20 ms on a live line), so a mark is reported within one frame of its
+  playout time rather than at the next QUEUE_DRAINED, which on a long reply comes seconds
+  later (the first QUEUE_DRAINED was taken as "first frame heard": 0.3-1.4 s too late).
+  REPORT_QUEUE_DRAINED still confirms every mark set before the request (an empty queue
+  means all earlier audio played): the fallback when no caller audio flows, and what frees
+  the in-flight budget (a model is not proof that Asterisk's queue has room). Pass
+  ``mark_media=True`` when you know the PBX is new enough.
 * Wire correlation ids are ours (``m1``, ``m2`` ...), mapped back to the caller's mark
   names: short, ASCII, no spaces, so every command stays far below 128 bytes.
 """
@@ -49,7 +57,7 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
@@ -96,6 +104,11 @@ VALID_DTMF: Final = frozenset("0123456789*#ABCD")
 _EVENT_WORD = re.compile(r"[A-Z][A-Z0-9_]*")
 _SLIN_RATE = re.compile(r"slin(\d+)")
 _SLIN_RATES: Final = frozenset({12, 16, 24, 32, 44, 48, 96, 192})  # main/codec_builtin.c
+# Numeric MEDIA_START fields: ASCII digits only. str.isdigit() also accepts '²' or '٢٠',
+# which int() rejects or silently reads as 20; more than 6 digits is no real value (and
+# int() refuses over 4300 digits).
+_NUMBER = re.compile(r"[0-9]{1,6}")
+MAX_PTIME_MS: Final = 1000
 _NO_QUERY: Final[Mapping[str, str]] = MappingProxyType({})
 # Events whose plain-text form is `EVENT <correlation id>` (no key:value pairs).
 _ID_EVENTS: Final = frozenset({"MEDIA_MARK_PROCESSED", "MEDIA_BUFFERING_COMPLETED"})
@@ -162,6 +175,22 @@ def _parse_plain_fields(rest: str) -> dict[str, str] | None:
     return fields
 
 
+def _number(text: str | None) -> int | None:
+    """A non-negative ASCII decimal of at most 6 digits, else None (never raises)."""
+    if text is None or _NUMBER.fullmatch(text) is None:
+        return None
+    return int(text)
+
+
+def _utf8(value: str) -> bool:
+    """True if ``value`` can be sent on (JSON ``\udc80`` escapes give lone surrogates)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _field(fields: Mapping[str, Any], key: str) -> str | None:
     """A field as a string (JSON numbers become strings), or None if absent/unusable."""
     value = fields.get(key)
@@ -175,11 +204,17 @@ def _field(fields: Mapping[str, Any], key: str) -> str | None:
 class AsteriskWsProtocol:
     """One chan_websocket call: control text and media in, events out; events in, wire out.
 
-    ``query`` holds the upgrade request's query parameters (from ``v()``); they and the JSON
-    ``channel_variables`` become :attr:`CallStarted.metadata`. ``max_message_bytes`` bounds
+    ``query`` holds the upgrade request's query parameters (from ``v()``, chosen per call by
+    the dialplan): they become :attr:`CallStarted.metadata`. JSON MEDIA_START also carries
+    ``channel_variables``: *every* variable on the channel, inherited ones included
+    (``__CALLNAME``, ``DIALEDPEERNUMBER`` ...), so only names in ``forward_variables`` are
+    added to the metadata (an allow-list; ``v()`` parameters are never among them: they
+    arrive in the query string, not as channel variables). ``max_message_bytes`` bounds
     inbound messages. ``control_format`` picks the format of our commands (default: the one
     MEDIA_START used). ``mark_media`` forces MARK_MEDIA tracking on or off (None: on iff
     JSON control, see the module docstring). ``frames_per_message`` caps BINARY messages.
+    ``clock`` (seconds, monotonic; injected by the glue, tests pass a fake) enables the
+    byte-clock playout model; without it byte-clock marks retire on QUEUE_DRAINED only.
     """
 
     def __init__(
@@ -191,12 +226,16 @@ class AsteriskWsProtocol:
         mark_media: bool | None = None,
         frames_per_message: int = DEFAULT_FRAMES_PER_MESSAGE,
         max_queued_frames: int = DEFAULT_MAX_QUEUED_FRAMES,
+        forward_variables: Collection[str] = (),
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if max_message_bytes <= 0 or frames_per_message <= 0:
             raise ValueError("max_message_bytes and frames_per_message must be positive")
         if not 2 * frames_per_message <= max_queued_frames < XOFF_LEVEL_FRAMES:
             raise ValueError("need 2 * frames_per_message <= max_queued_frames < 900")
         self._query = dict(query)
+        self._forward = frozenset(forward_variables)
+        self._clock = clock
         self._max_in = max_message_bytes
         self._format_pref = ControlFormat(control_format)
         self._mark_media_pref = mark_media
@@ -236,6 +275,10 @@ class AsteriskWsProtocol:
         self._clock_marks: list[tuple[int, str]] = []  # (position in bytes, name)
         self._drain_sent_at: int | None = None  # bytes_sent when REPORT_QUEUE_DRAINED went out
         self._retired: list[MarkPlayed] = []
+        # Byte-clock playout model (only with a clock): when the audio sent so far will
+        # have played, and Asterisk's playout rate in bytes per second.
+        self._play_end = 0.0
+        self._byte_rate = 0.0
 
     # ------------------------------------------------------------------ state
 
@@ -263,7 +306,8 @@ class AsteriskWsProtocol:
         """Parse one TEXT message (either control format) into events."""
         if self._dead or self._ended:
             return []
-        if len(text) > self._max_in or len(text.encode()) > self._max_in:
+        # surrogatepass: a str from another glue may hold lone surrogates; never raise here.
+        if len(text) > self._max_in or len(text.encode("utf-8", "surrogatepass")) > self._max_in:
             return [Malformed("oversized_message", f"{len(text)} chars")]
         stripped = text.strip()
         if not stripped:
@@ -275,6 +319,10 @@ class AsteriskWsProtocol:
                 obj = json.loads(stripped)
             except ValueError:
                 return [Malformed("bad_json", stripped[:80])]
+            except RecursionError:
+                # A few thousand nested brackets fit in one message and exhaust the C
+                # parser's recursion limit. Asterisk's JSON is at most two levels deep.
+                return [Malformed("bad_json", "nested too deeply")]
             event = obj.get("event") if isinstance(obj, dict) else None
             if not isinstance(event, str) or not event:
                 return [Malformed("bad_control", "JSON without an event name")]
@@ -311,6 +359,12 @@ class AsteriskWsProtocol:
             return [Malformed("oversized_message", f"{size} bytes")]
         if size & 1 and self._pcm16:
             return [Malformed("partial_sample", f"{size} bytes of PCM16")]
+        if self._clock_marks and self._byte_rate and not self._paused:
+            # Byte clock: caller audio arrives every ptime on a live line, so the marks whose
+            # audio has played by now retire here (within one frame of their playout time).
+            played = self.marks_reached(self._played_estimate())
+            if played:
+                return [CallerAudio(data), *played]
         return [CallerAudio(data)]
 
     def closed(self, code: int | None = None) -> list[InboundEvent]:
@@ -388,6 +442,14 @@ class AsteriskWsProtocol:
             done.append(MarkPlayed(self._clock_marks.pop(0)[1], played=True))
         return done
 
+    def _played_estimate(self) -> int:
+        """Bytes of :attr:`bytes_sent` Asterisk has played by now (byte-clock model)."""
+        assert self._clock is not None
+        queued_seconds = self._play_end - self._clock()
+        if queued_seconds <= 0.0:
+            return self.bytes_sent
+        return self.bytes_sent - int(queued_seconds * self._byte_rate + 0.5)
+
     def answer(self) -> list[str | bytes]:
         """ANSWER: needed only when the dial string had the ``n`` (no auto-answer) option."""
         return [self._command("ANSWER")]
@@ -422,19 +484,23 @@ class AsteriskWsProtocol:
         if audio_format is None:
             self._dead = True
             return [Malformed("unsupported_codec", codec[:40], fatal=True, close_code=1003)]
+        events: list[InboundEvent] = []
         ptime = _field(fields, "ptime")
-        ptime_ms = int(ptime) if ptime is not None and ptime.isdigit() and int(ptime) else 20
+        ptime_ms = _number(ptime) if ptime is not None else 20
+        if ptime_ms is None or not 0 < ptime_ms <= MAX_PTIME_MS:
+            # Not fatal: Asterisk's ptime is 20 ms for every format it offers us.
+            events.append(Malformed("bad_media_start", f"ptime={ptime!r:.40}"))
+            ptime_ms = 20
         size_text = _field(fields, "optimal_frame_size")
         if size_text is None:
             frame_size = audio_format.frame_bytes(ptime_ms)
-        elif size_text.isdigit():
-            frame_size = int(size_text)
         else:
-            frame_size = -1
+            frame_size = _number(size_text) or -1
         bad_size = not 0 < frame_size <= MAX_OUT_MESSAGE_BYTES
         if bad_size or frame_size % audio_format.bytes_per_sample:
             self._dead = True
-            return [Malformed("bad_media_start", f"optimal_frame_size={size_text}", fatal=True)]
+            detail = f"optimal_frame_size={size_text!r:.40}"
+            return [Malformed("bad_media_start", detail, fatal=True)]
         channel_id = _field(fields, "channel_id")
         channel = _field(fields, "channel") or ""
         connection_id = _field(fields, "connection_id") or ""
@@ -448,8 +514,13 @@ class AsteriskWsProtocol:
 
         metadata: dict[str, str] = {}
         variables = fields.get("channel_variables") if is_json else None
-        if isinstance(variables, dict):
-            metadata.update((k, v) for k, v in variables.items() if isinstance(v, str))
+        if isinstance(variables, dict) and self._forward:
+            # Allow-list only: the channel's inherited variables are not the agent's business.
+            metadata.update(
+                (k, v)
+                for k, v in variables.items()
+                if k in self._forward and isinstance(v, str) and _utf8(v)
+            )
         metadata.update(self._query)  # v() parameters, chosen per call by the dialplan
         if connection_id:
             metadata["connection_id"] = connection_id
@@ -467,11 +538,14 @@ class AsteriskWsProtocol:
         self._budget = self._max_queued_frames * frame_size
         self._checkpoint_bytes = self._checkpoint_frames * frame_size
         self._next_checkpoint = self._checkpoint_bytes
+        if self._clock is not None:
+            self._byte_rate = frame_size * 1000.0 / ptime_ms
         if self._format_pref is ControlFormat.AUTO:
             self._json = is_json
         use_marks = is_json if self._mark_media_pref is None else self._mark_media_pref
         self.tracking = Tracking.MARK_MEDIA if use_marks else Tracking.BYTE_CLOCK
-        return [
+        # A non-fatal Malformed goes first, so a driver waiting for CallStarted counts it.
+        events.append(
             CallStarted(
                 call_id=call_id,
                 transport=Transport.ASTERISK_WS,
@@ -479,7 +553,8 @@ class AsteriskWsProtocol:
                 stream_id=channel,
                 metadata=metadata,
             )
-        ]
+        )
+        return events
 
     def _on_event(self, event: str, fields: Mapping[str, Any]) -> list[InboundEvent]:
         if event == "DTMF_END":
@@ -558,6 +633,11 @@ class AsteriskWsProtocol:
         if not isinstance(item, bytes):
             return
         self.bytes_sent += len(item)
+        if self._byte_rate:
+            # Playout model: this audio starts when what is queued ahead of it has played.
+            now = self._clock() if self._clock is not None else 0.0
+            start = self._play_end if self._play_end > now else now
+            self._play_end = start + len(item) / self._byte_rate
         if self.tracking is Tracking.MARK_MEDIA and self.bytes_sent >= self._next_checkpoint:
             self._next_checkpoint = self.bytes_sent + self._checkpoint_bytes
             self._next_mark += 1
@@ -632,6 +712,7 @@ class AsteriskWsProtocol:
         self._retired.extend(MarkPlayed(name, played=False) for _, name in self._clock_marks)
         self._wire_marks.clear()
         self._clock_marks.clear()
+        self._play_end = 0.0  # FLUSH_MEDIA empties Asterisk's queue: nothing left to play
         out.append(self._command("FLUSH_MEDIA"))
         if self._paused:
             self._paused = False

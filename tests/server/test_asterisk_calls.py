@@ -194,7 +194,7 @@ async def test_parrot_call_returns_the_audio_in_whole_frames(
 
 
 async def test_metadata_dtmf_and_caller_hangup(gateway: GatewayFactory) -> None:
-    gw = await gateway(record=True)
+    gw = await gateway(record=True, asterisk_forward_variables=("MEDIA_WEBSOCKET_CONNECTION_ID",))
     query = {"callid": "1795597160.5", "exten": "+966 5"}
     async with gw.caller(control_format="json", query=query) as call:
         await wait_for(lambda: len(gw.recorders) == 1)
@@ -202,7 +202,8 @@ async def test_metadata_dtmf_and_caller_hangup(gateway: GatewayFactory) -> None:
         assert rec.session.call_id == call.channel_id
         assert rec.session.metadata["exten"] == "+966 5"
         assert rec.session.metadata["callid"] == "1795597160.5"
-        assert rec.session.metadata["MEDIA_WEBSOCKET_CONNECTION_ID"] == "wsconn"
+        assert rec.session.metadata["MEDIA_WEBSOCKET_CONNECTION_ID"] == "wsconn"  # allow-listed
+        assert "DIALEDPEERNUMBER" not in rec.session.metadata  # inherited, not allow-listed
         for digit in "7#":
             await call.press(digit)
         await wait_for(lambda: sum(isinstance(e, Dtmf) for e in rec.events) == 2)

@@ -129,11 +129,15 @@ def test_plain_media_start() -> None:
 
 
 def test_json_media_start_metadata_and_format() -> None:
-    proto = AsteriskWsProtocol(query={"exten": "100", "DIALEDPEERNUMBER": "from-query"})
+    proto = AsteriskWsProtocol(
+        query={"exten": "100", "DIALEDPEERNUMBER": "from-query"},
+        forward_variables=("MEDIA_WEBSOCKET_CONNECTION_ID", "DIALEDPEERNUMBER"),
+    )
     [event] = proto.receive_text(JSON_START)
     assert isinstance(event, CallStarted)
     assert event.call_id == CID
-    assert event.metadata["MEDIA_WEBSOCKET_CONNECTION_ID"] == "wsconn"
+    assert event.metadata["MEDIA_WEBSOCKET_CONNECTION_ID"] == "wsconn"  # allow-listed
+    assert "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE" not in event.metadata  # not allow-listed
     assert event.metadata["exten"] == "100"
     assert event.metadata["DIALEDPEERNUMBER"] == "from-query"  # query wins over variables
     assert proto.control_format is ControlFormat.JSON

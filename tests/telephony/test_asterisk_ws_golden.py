@@ -127,7 +127,7 @@ def test_uri_params_reach_metadata() -> None:
 
 
 def test_json_call_uses_json_and_mark_media() -> None:
-    proto, events, _ = replay("json_local")
+    proto, events, _ = replay("json_local", forward_variables=("DIALEDPEERNUMBER",))
     assert proto.control_format is ControlFormat.JSON and proto.tracking is Tracking.MARK_MEDIA
     assert isinstance(events[0], CallStarted)
     assert events[0].metadata["DIALEDPEERNUMBER"] == "wsconn/c(ulaw)f(json)"
