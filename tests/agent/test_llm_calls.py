@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.config import AgentMode
@@ -29,7 +30,7 @@ STOP = "توقف من فضلك"
 
 
 class LlmRig:
-    def __init__(self, client: TestClient, llm: Any, record_path: Path) -> None:
+    def __init__(self, client: TestClient, llm: web.Application, record_path: Path) -> None:
         self.client = client
         self.llm = llm
         self.record_path = record_path
