@@ -309,6 +309,13 @@ class _AudioSocketCall:
             session.spawn(max_duration(session, srv._max_call_seconds), "max_duration")
             if not await self._dispatch(rest):
                 await self._receive_loop()
+        except (ConnectionError, OSError):
+            raise  # the connection failed: run() logs it; the outcome stays what it was
+        except Exception as exc:
+            # A bug inside the call: end this call only, as an error, logged once.
+            log.error("call failed: %r; ending it", exc, exc_info=exc)
+            session.outcome = "error"
+            self._send_hangup()
         finally:
             try:
                 await session.aclose()
