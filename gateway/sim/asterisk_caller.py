@@ -237,6 +237,11 @@ class AsteriskWsCaller:
         assert self._ws is not None, "connect() first"
         await self._ws.send_bytes(data)
 
+    async def send_invalid_text(self, payload: bytes) -> None:
+        """A TEXT frame whose payload is not UTF-8 (a fault injection; Asterisk never does)."""
+        assert self._ws is not None, "connect() first"
+        await send_text_frame_bytes(self._ws, payload)
+
     def _event(self, name: str, **fields: str) -> str:
         if self.json_format:
             return json.dumps(
@@ -576,6 +581,11 @@ class AudioSocketCaller:
     def heard_audio(self) -> bytes:
         """Every audio payload received (what the channel would have played), in order."""
         return bytes(self._heard)
+
+
+async def send_text_frame_bytes(ws: aiohttp.ClientWebSocketResponse, payload: bytes) -> None:
+    """Write a TEXT frame with arbitrary payload bytes (``send_str`` only takes valid text)."""
+    await ws._writer.send_frame(payload, aiohttp.WSMsgType.TEXT)
 
 
 def basic_auth_header(username: str, password: str) -> str:

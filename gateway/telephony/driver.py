@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 # RFC 6455 §7.4.1 close codes used by the driver.
 CLOSE_NORMAL = 1000
+CLOSE_INVALID_TEXT = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
@@ -376,10 +377,18 @@ def _decode(
     if kind is aiohttp.WSMsgType.BINARY:
         return protocol.receive_bytes(msg.data)
     if kind is aiohttp.WSMsgType.ERROR:
+        # aiohttp reports a peer's protocol violation as an ERROR message and has already
+        # failed the connection with the matching close code (RFC 6455 §7.1.7, §8.1): it is
+        # bad input like any other, counted by reason and logged once with the call id.
         exc = msg.data
-        if isinstance(exc, aiohttp.WebSocketError) and exc.code == CLOSE_TOO_BIG:
-            bad.malformed(
-                Malformed("message_too_large", str(exc), fatal=True, close_code=CLOSE_TOO_BIG)
-            )
+        if isinstance(exc, aiohttp.WebSocketError):
+            code = exc.code
+            if code == CLOSE_TOO_BIG:
+                reason = "message_too_large"
+            elif code == CLOSE_INVALID_TEXT:
+                reason = "invalid_utf8"  # a TEXT message that is not UTF-8 (RFC 6455 §8.1)
+            else:
+                reason = "websocket_protocol_error"
+            bad.malformed(Malformed(reason, str(exc), fatal=True, close_code=code))
         return None
     return None  # CLOSE, CLOSING, CLOSED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,15 @@ from aiohttp.test_utils import TestClient
 
 from gateway.calls import CallSession, Conversation
 from gateway.config import AgentMode
+from gateway.logs import call_id_var
 from gateway.server import keys
 from gateway.server.app import create_app
-from gateway.sim.asterisk_caller import AsteriskWsCaller, basic_auth_header
+from gateway.sim.asterisk_caller import (
+    AsteriskWsCaller,
+    basic_auth_header,
+    send_text_frame_bytes,
+)
+from gateway.sim.twilio_caller import TwilioCaller
 from gateway.telephony.events import (
     ClearAudio,
     Dtmf,
@@ -348,6 +355,81 @@ async def test_bad_input_is_counted_and_the_other_call_is_untouched(
         assert not bystander.closed
     assert gw.metric("gateway_malformed_input_total", labels) == (1 if fatal else 2)
     assert len([r for r in caplog.records if reason in r.getMessage()]) == 1
+
+
+class CallIdCapture(logging.Handler):
+    """Records each message with the call id in effect when it was logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), call_id_var.get()))
+
+
+async def _nested_json(call: AsteriskWsCaller) -> None:
+    # 5000 nested arrays: past the JSON parser's recursion limit (it used to raise).
+    await call.send_text('{"event":' + "[" * 5000)
+
+
+@pytest.mark.parametrize("control_format", ["plain-text", "json"])
+async def test_deeply_nested_json_is_counted_and_the_call_goes_on(
+    gateway: GatewayFactory, control_format: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await gateway()
+    async with gw.caller(control_format=control_format) as call:
+        await call.play(ulaw_tone(1), realtime=False)
+        await wait_for(lambda: gw.calls == 1)
+        for _ in range(3):
+            await _nested_json(call)
+        await call.play(ulaw_tone(2, seed=5), realtime=False)
+        await wait_for(lambda: call.stats.bytes_received >= 160 * 3)  # the parrot still echoes
+        assert not call.closed
+        labels = {"transport": "asterisk_ws", "reason": "bad_json"}
+        await wait_for(lambda: gw.metric("gateway_malformed_input_total", labels) == 3)
+    assert len([r for r in caplog.records if "bad_json" in r.getMessage()]) == 1
+
+
+async def test_invalid_utf8_text_is_counted_logged_once_and_ends_only_that_call(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING")
+    call_ids = CallIdCapture()
+    logging.getLogger("gateway").addHandler(call_ids)
+    gw = await gateway()
+    async with gw.caller() as victim, gw.caller() as bystander:
+        await victim.play(ulaw_tone(1), realtime=False)
+        await bystander.play(ulaw_tone(1), realtime=False)
+        await wait_for(lambda: gw.calls == 2)
+        await victim.send_invalid_text(b"DTMF_END digit:\xff\xfe")
+        # RFC 6455 §8.1: the endpoint fails the connection (aiohttp closes with 1007).
+        assert await victim.wait_closed(TIMEOUT) == 1007
+        await bystander.play(ulaw_tone(2, seed=9), realtime=False)
+        await wait_for(lambda: bystander.stats.bytes_received >= 160 * 3)
+        assert not bystander.closed
+    labels = {"transport": "asterisk_ws", "reason": "invalid_utf8"}
+    assert gw.metric("gateway_malformed_input_total", labels) == 1
+    logging.getLogger("gateway").removeHandler(call_ids)
+    logged = [(m, cid) for m, cid in call_ids.lines if "invalid_utf8" in m]
+    assert logged == [(logged[0][0], victim.channel_id)]  # once, with the call id
+
+
+async def test_invalid_utf8_is_counted_on_twilio_too(gateway: GatewayFactory) -> None:
+    """The one WebSocket driver serves every transport: Twilio's media socket as well."""
+    gw = await gateway()
+    caller = TwilioCaller(
+        gw.client.session,
+        str(gw.client.make_url("/twilio/media")),
+        public_ws_url="wss://gw.example.com/twilio/media",
+    )
+    async with caller:
+        await wait_for(lambda: gw.calls == 1)
+        assert caller._ws is not None
+        await send_text_frame_bytes(caller._ws, b'{"event":"\xc3\x28"}')
+        assert await caller.wait_closed(TIMEOUT) == 1007
+    labels = {"transport": "twilio", "reason": "invalid_utf8"}
+    await wait_for(lambda: gw.metric("gateway_malformed_input_total", labels) == 1)
 
 
 async def test_audio_before_media_start_is_counted_then_the_call_proceeds(
