@@ -139,10 +139,26 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ("REPROMPT_TEXT", "هل ما زلت معي؟ تفضل بالكلام من فضلك.", "the re-prompt"),
     ("REPROMPT_MAX", "2", "re-prompts without an answer before hanging up"),
     (
+        "PLAYOUT_ADAPTIVE",
+        "true",
+        "hold each sentence's start only as long as the learned TTS delivery rate requires "
+        "for gap-free playout (false: send audio as it arrives)",
+    ),
+    (
+        "PLAYOUT_SAFETY_MS",
+        "30",
+        "adaptive playout: margin kept between predicted TTS arrival and playback",
+    ),
+    (
+        "PLAYOUT_MAX_AHEAD_SECONDS",
+        "10",
+        "stop reading TTS while more than this much reply audio is queued ahead of playback",
+    ),
+    (
         "PLAYOUT_PREBUFFER_MS",
         "0",
-        "hold a reply's first audio up to this long for the next TTS "
-        "chunk (smooths providers whose later chunks lag; costs that much latency)",
+        "with PLAYOUT_ADAPTIVE=false: hold a reply's first audio up to this long for the next "
+        "TTS chunk (costs that much latency)",
     ),
     ("DTMF_TIMEOUT_MS", "1500", "digits pressed within this gap are sent to the agent together"),
     ("HAMSA_API_KEY", "", "Hamsa API key; empty runs the embedded Hamsa simulator"),
@@ -192,6 +208,24 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ),
     ("AUDIOSOCKET_PORT", "", "TCP port for Asterisk AudioSocket; empty = off"),
     ("AUDIOSOCKET_ALLOW", "127.0.0.1/32,::1/128", "source networks allowed to use AudioSocket"),
+    (
+        "BROWSER_PHONE",
+        "false",
+        "serve the browser softphone (`GET /phone`, `/browser/media`); off: both answer 404",
+    ),
+    ("BROWSER_TOKEN_TTL", "60", "seconds a softphone call token stays valid (5-3600)"),
+    (
+        "BROWSER_ALLOWED_ORIGINS",
+        "",
+        "origins besides the gateway's own allowed to open `/browser/media`, "
+        "`https://a.example.com,https://b.example.com`",
+    ),
+    (
+        "BROWSER_PHONE_SECRET",
+        "",
+        "HMAC key for softphone tokens (set the same value on every replica); empty = random "
+        "per process",
+    ),
     ("CALL_RECORD_PATH", "", "append one JSON line per finished call here; empty = off"),
 )
 _DEFAULTS = {name: default for name, default, _ in ENV_VARS}
@@ -242,6 +276,9 @@ class Settings:
     reprompt_max: int = 2
     dtmf_timeout_ms: int = 1500
     playout_prebuffer_ms: int = 0
+    playout_adaptive: bool = True
+    playout_safety_ms: int = 30
+    playout_max_ahead_seconds: float = 10.0
 
     hamsa_api_key: str = field(default="", repr=False)
     hamsa_base_url: str = "https://api.tryhamsa.com"
@@ -268,6 +305,11 @@ class Settings:
     asterisk_forward_variables: tuple[str, ...] = ()
     audiosocket_port: int | None = None
     audiosocket_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+
+    browser_phone: bool = False
+    browser_token_ttl: int = 60
+    browser_allowed_origins: tuple[str, ...] = ()
+    browser_phone_secret: str = field(default="", repr=False)
 
     call_record_path: str = ""
 
@@ -300,6 +342,7 @@ class Settings:
             self.hamsa_api_key,
             self.asterisk_ws_password,
             self.llm_api_key,
+            self.browser_phone_secret,
         )
         return tuple(v for v in values if v)
 
@@ -442,6 +485,22 @@ def _optional_url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        parts = urlsplit(part)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.path not in ("", "/"):
+            raise ValueError
+        # Browsers send Origin as scheme://host[:port], lower case, no path (RFC 6454 §6.1).
+        out.append(f"{parts.scheme}://{parts.netloc}".lower())
+    return tuple(out)
+
+
+_origins.expected = "comma-separated origins like https://app.example.com"  # type: ignore[attr-defined]
+
+
 # field name -> (variable, parser)
 _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "host": ("HOST", _text),
@@ -483,6 +542,9 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "reprompt_max": ("REPROMPT_MAX", _int(0, 100)),
     "dtmf_timeout_ms": ("DTMF_TIMEOUT_MS", _int(100, 60_000)),
     "playout_prebuffer_ms": ("PLAYOUT_PREBUFFER_MS", _int(0, 5_000)),
+    "playout_adaptive": ("PLAYOUT_ADAPTIVE", _bool),
+    "playout_safety_ms": ("PLAYOUT_SAFETY_MS", _int(0, 2_000)),
+    "playout_max_ahead_seconds": ("PLAYOUT_MAX_AHEAD_SECONDS", _float(1, 600)),
     "hamsa_api_key": ("HAMSA_API_KEY", _text),
     "hamsa_base_url": ("HAMSA_BASE_URL", _url(("https", "http"))),
     "hamsa_auth_mode": ("HAMSA_AUTH_MODE", _enum(HamsaAuthMode)),
@@ -507,6 +569,10 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "asterisk_forward_variables": ("ASTERISK_FORWARD_VARIABLES", _variable_names),
     "audiosocket_port": ("AUDIOSOCKET_PORT", _optional_port),
     "audiosocket_allow": ("AUDIOSOCKET_ALLOW", _networks),
+    "browser_phone": ("BROWSER_PHONE", _bool),
+    "browser_token_ttl": ("BROWSER_TOKEN_TTL", _int(5, 3600)),
+    "browser_allowed_origins": ("BROWSER_ALLOWED_ORIGINS", _origins),
+    "browser_phone_secret": ("BROWSER_PHONE_SECRET", _text),
     "call_record_path": ("CALL_RECORD_PATH", _text),
 }
 

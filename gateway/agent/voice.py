@@ -40,6 +40,14 @@ from gateway.agent.endpointing import (
     SustainedSpeech,
     UtteranceEnded,
 )
+from gateway.agent.playout import (
+    UNDERRUN_TOLERANCE,
+    DeliveryModel,
+    HoldResult,
+    PlayoutClock,
+    SentencePlan,
+    scheduled,
+)
 from gateway.agent.record import CallRecord, TurnRecord, append_record
 from gateway.agent.sentences import SentenceSplitter
 from gateway.agent.vad import Vad
@@ -77,6 +85,13 @@ FRAME_MS = 20
 TICK_SECONDS = 0.25  # timer resolution for DTMF timeouts and re-prompts
 FINISH_TIMEOUT = 3.0  # bound on call.ended + record write after the call
 HANGUP_GRACE_SECONDS = 2.0  # extra wait for the last mark before an agent-asked hang-up
+# Flush the resampler's held-back tail when less than this is queued ahead of playback.
+FLUSH_BELOW_SECONDS = 0.3
+
+
+def tts_seconds(chunk: TtsChunk) -> float:
+    """Seconds of audio in a TTS chunk (for the playout scheduler)."""
+    return len(chunk.audio) / chunk.format.bytes_per_ms() / 1000.0
 
 JobKind = Literal["greeting", "utterance", "dtmf", "reprompt"]
 
@@ -236,6 +251,17 @@ class VoiceAgentConversation:
         self._mark_sent_at: dict[str, float] = {}
         self._use_mulaw = settings.hamsa_tts_mulaw and self._format.encoding is Encoding.ULAW
         self._prebuffer = settings.playout_prebuffer_ms / 1000.0
+        # Playout scheduling (gateway/agent/playout.py): the speech session carries the
+        # delivery model of its connection (which also teaches the process-wide one).
+        self._playout = PlayoutClock()
+        delivery = getattr(speech, "delivery", None)
+        self._delivery = delivery if isinstance(delivery, DeliveryModel) else DeliveryModel()
+        self._adaptive = settings.playout_adaptive
+        self._safety = settings.playout_safety_ms / 1000.0
+        self._max_ahead = settings.playout_max_ahead_seconds
+        transport = session.transport.value
+        self._underrun_count = metrics.playout_underruns.labels(transport)
+        self._underrun_seconds = metrics.playout_underrun_seconds.labels(transport)
         self.record = CallRecord(
             call_id=session.call_id,
             transport=session.transport.value,
@@ -284,6 +310,7 @@ class VoiceAgentConversation:
                 self._interrupt(onset)
         elif isinstance(event, UtteranceEnded):
             self._last_activity = now
+            self._session.observe("speech_end", stream_ms=event.speech_end_ms)
             speech_end = now - (event.at_ms - event.speech_end_ms) / 1000.0
             self._metrics.observe_stage("endpointing", event.trailing_silence_ms / 1000.0)
             self._jobs.put_nowait(
@@ -326,6 +353,7 @@ class VoiceAgentConversation:
             self._last_interruption = Interruption(reply.text, heard_text, heard_ms)
             reply.record.interrupted = True
             reply.record.heard = heard_text
+            self._session.observe("interrupted", turn=reply.turn, heard=heard_text)
             if reply.record.outcome == "ok":
                 reply.record.outcome = "interrupted"
             self._metrics.interruptions.labels(self._session.transport.value).inc()
@@ -342,6 +370,7 @@ class VoiceAgentConversation:
 
     async def _clear(self, onset: float) -> None:
         await self._session.send(ClearAudio())
+        self._playout.reset(time.monotonic())  # the carrier dropped what it had queued
         self._metrics.observe_stage("barge_in_reaction", max(0.0, time.monotonic() - onset))
 
     # ---------------------------------------------------------------- turn loop
@@ -453,6 +482,7 @@ class VoiceAgentConversation:
         text = " ".join(p for p in (self._carry_text, text.strip()) if p)
         self._carry_text = ""
         record.transcript = text
+        self._session.observe("transcript", turn=self._turn, text=text)
         if not text:
             record.outcome = "empty"
             return None, ""
@@ -533,6 +563,7 @@ class VoiceAgentConversation:
         while (sentence := await sentences.get()) is not None:
             if reply.cancelled:
                 return
+            self._session.observe("reply", turn=reply.turn, text=sentence)
             try:
                 await self._speak_sentence(reply, sentence, index)
             except HamsaError as exc:
@@ -542,50 +573,97 @@ class VoiceAgentConversation:
         reply.mark_sending_done()
 
     async def _speak_sentence(self, reply: Reply, text: str, index: int) -> None:
+        """Synthesize one sentence and send it, scheduled (``gateway.agent.playout``).
+
+        The sentence's start is held only as long as the learned delivery model says its
+        later chunks would otherwise arrive after they are needed; the resampler is flushed
+        whenever playback is not comfortably ahead, so everything received is sent; a chunk
+        sent after the carrier ran dry is an underrun (counted, recorded); and TTS is not
+        read while more than ``PLAYOUT_MAX_AHEAD_SECONDS`` are queued ahead of playback.
+        """
         send = self._session.send
+        clock = self._playout
         converter: OutboundConverter | None = None
         audio_ms = 0.0
         started = time.monotonic()
         bytes_per_ms = self._format.bytes_per_ms()
         stream: AsyncIterator[TtsChunk] = self._speech.tts(text, mulaw=self._use_mulaw)
-        if index == 0 and self._prebuffer > 0:
+        plan: SentencePlan | None = None
+        hold = HoldResult()
+        if self._adaptive:
+            plan = SentencePlan(len(text), self._delivery.predict(), self._safety)
+            stream = scheduled(stream, plan, clock, tts_seconds, time.monotonic, hold)
+        elif index == 0 and self._prebuffer > 0:
             # Nothing is playing yet: give the provider a moment to send its next chunk.
             stream = prebuffered(stream, self._prebuffer)
-        async for chunk in stream:
-            if reply.cancelled:
-                return
-            if chunk.format == self._format:
-                audio = chunk.audio  # e.g. μ-law TTS on a μ-law call: no transcoding
-            else:
-                if converter is None:
-                    converter = OutboundConverter(chunk.format.sample_rate, self._format)
-                audio = converter.process(chunk.audio)
-            if not audio:
-                continue
-            audio_ms += len(audio) / bytes_per_ms
-            if reply.first_audio_at is None:
-                audio = await self._send_first_frame(reply, audio, started)
-            if audio:
-                await send(PlayAudio(audio))
+        first_chunk = True
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for chunk in stream:
+                if reply.cancelled:
+                    return
+                now = time.monotonic()
+                if chunk.format == self._format:
+                    audio = chunk.audio  # e.g. μ-law TTS on a μ-law call: no transcoding
+                else:
+                    if converter is None:
+                        converter = OutboundConverter(chunk.format.sample_rate, self._format)
+                    audio = converter.process(chunk.audio)
+                    if self._adaptive and clock.ahead(now) < FLUSH_BELOW_SECONDS:
+                        # The resampler holds ~60 ms (more at the start) until more input
+                        # comes; with playback about to run dry, send all that was received.
+                        audio += converter.flush()
+                if not audio:
+                    continue
+                seconds = len(audio) / bytes_per_ms / 1000.0
+                audio_ms += seconds * 1000.0
+                gap = clock.sent(seconds, now)
+                if not first_chunk and gap > UNDERRUN_TOLERANCE:
+                    self._underrun(reply, gap)
+                first_chunk = False
+                if reply.first_audio_at is None:
+                    if plan is not None and plan.first_at is not None:
+                        reply.record.timings["tts_first_audio"] = round(plan.first_at - started, 3)
+                        reply.record.timings["playout_hold"] = round(hold.held, 3)
+                        self._metrics.observe_stage("playout_hold", hold.held)
+                    audio = await self._send_first_frame(reply, audio, started)
+                if audio:
+                    await send(PlayAudio(audio))
+                ahead = clock.ahead(time.monotonic())
+                if ahead > self._max_ahead:
+                    # Backpressure: stop reading TTS until playback catches up.
+                    await asyncio.sleep(ahead - self._max_ahead)
         if converter is not None:
             tail = converter.flush()
             if tail and not reply.cancelled:
                 await send(PlayAudio(tail))
                 audio_ms += len(tail) / bytes_per_ms
+                clock.sent(len(tail) / bytes_per_ms / 1000.0, time.monotonic())
         if reply.cancelled:
             return
+        if plan is not None and plan.ended:
+            self._delivery.observe(plan)
         name = f"t{reply.turn}.s{index}"
         reply.sentences.append(SpokenSentence(name, text, audio_ms))
         self._mark_sent_at[name] = time.monotonic()
         await send(SetMark(name))
+
+    def _underrun(self, reply: Reply, gap: float) -> None:
+        """The carrier ran dry inside a sentence: the caller heard ``gap`` s of silence."""
+        self._underrun_count.inc()
+        self._underrun_seconds.inc(gap)
+        record = reply.record
+        record.underruns += 1
+        record.underrun_ms = round(record.underrun_ms + gap * 1000.0, 1)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("playout underrun in turn %d: %.0f ms", reply.turn, gap * 1000.0)
 
     async def _send_first_frame(self, reply: Reply, audio: bytes, started: float) -> bytes:
         """Send the reply's first 20 ms frame and a tiny mark after it; return the rest."""
         now = time.monotonic()
         reply.first_audio_at = now
         reply.first_mark = f"t{reply.turn}.first"
-        first_tts = now - started
-        reply.record.timings["tts_first_audio"] = round(first_tts, 3)
+        if "tts_first_audio" not in reply.record.timings:
+            reply.record.timings["tts_first_audio"] = round(now - started, 3)
         if reply.speech_end is not None:
             latency = now - reply.speech_end
             reply.record.timings["turn"] = round(latency, 3)

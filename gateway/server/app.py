@@ -18,7 +18,7 @@ from gateway.config import AgentMode, Settings
 from gateway.conversations import conversation_factory
 from gateway.metrics import Metrics
 from gateway.readiness import Probe, Readiness
-from gateway.server import asterisk_routes, health, keys, twilio_routes
+from gateway.server import asterisk_routes, browser_routes, health, keys, twilio_routes
 from gateway.speech.hamsa.service import HamsaService
 from gateway.telephony.audiosocket_server import AudioSocketServer
 
@@ -42,6 +42,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     health.add_routes(app)
     twilio_routes.add_routes(app)
     asterisk_routes.add_routes(app)
+    browser_routes.add_routes(app)  # 404 unless BROWSER_PHONE=true
     return app
 
 

@@ -12,6 +12,7 @@ from gateway.metrics import Metrics
 from gateway.readiness import Readiness
 from gateway.speech.hamsa.service import HamsaService
 from gateway.telephony.audiosocket_server import AudioSocketServer
+from gateway.telephony.browser import TokenBook
 from gateway.telephony.driver import ConversationFactory
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -23,3 +24,4 @@ CONVERSATIONS: web.AppKey[ConversationFactory] = web.AppKey("conversations")
 SPEECH = web.AppKey("speech", HamsaService)
 BRAIN: web.AppKey[Brain] = web.AppKey("brain")
 AUDIOSOCKET = web.AppKey("audiosocket", AudioSocketServer)  # only when AUDIOSOCKET_PORT is set
+BROWSER_TOKENS = web.AppKey("browser_tokens", TokenBook)  # only when BROWSER_PHONE=true

@@ -27,6 +27,7 @@ class Transport(StrEnum):
     TWILIO = "twilio"
     ASTERISK_WS = "asterisk_ws"
     AUDIOSOCKET = "audiosocket"
+    BROWSER = "browser"  # the built-in softphone page (GET /phone, /browser/media)
 
 
 class Encoding(StrEnum):
