@@ -58,14 +58,21 @@ __all__ = ["QUALITY", "SUPPORTED_RATES", "StreamResampler", "resample"]
 SUPPORTED_RATES = frozenset(
     {
         SAMPLE_RATE_8K,
+        12000,
         SAMPLE_RATE_16K,
         SAMPLE_RATE_22K05,
         SAMPLE_RATE_24K,
+        32000,
         SAMPLE_RATE_44K1,
         SAMPLE_RATE_48K,
+        96000,
+        192000,
     }
 )
-"""Rates accepted in either direction; anything else is most likely a configuration error."""
+"""Rates accepted in either direction; anything else is most likely a configuration error.
+
+Every signed-linear rate Asterisk offers (``slin``, ``slin12`` ... ``slin192`` in
+``main/codec_builtin.c``; AudioSocket kinds 0x10-0x18) plus 22.05 kHz (a TTS rate)."""
 
 QUALITY = "HQ"
 """libsoxr quality recipe (see the module docstring for the measurements behind it)."""

@@ -57,8 +57,20 @@ QUEUE_LENGTH_MAX = 1000
 XOFF_LEVEL = 900
 XON_LEVEL = 800
 
-_FRAME_SIZES = {"ulaw": 160, "alaw": 160, "slin": 320, "slin16": 640}
-_SILENCE_BYTE = {"ulaw": 0xFF, "alaw": 0xD5, "slin": 0x00, "slin16": 0x00}
+# optimal_frame_size = default_ms x minimum_bytes / minimum_ms (main/codec_builtin.c): 20 ms.
+SLIN_RATES = {
+    "slin": 8000,
+    "slin12": 12000,
+    "slin16": 16000,
+    "slin24": 24000,
+    "slin32": 32000,
+    "slin44": 44100,
+    "slin48": 48000,
+    "slin96": 96000,
+    "slin192": 192000,
+}
+_FRAME_SIZES = {"ulaw": 160, "alaw": 160} | {c: r // 50 * 2 for c, r in SLIN_RATES.items()}
+_SILENCE_BYTE = {"ulaw": 0xFF, "alaw": 0xD5} | dict.fromkeys(SLIN_RATES, 0x00)
 
 
 class HandshakeRejected(Exception):
@@ -77,6 +89,7 @@ class WsCallerStats:
     dropped_partial_bytes: int = 0
     dropped_messages: int = 0  # queue full
     frames_played: int = 0
+    played_at: list[float] = field(default_factory=list)  # monotonic start of each frame
     marks_processed: list[str] = field(default_factory=list)
     flushes: int = 0
     drained_reports: int = 0
@@ -91,8 +104,9 @@ class AsteriskWsCaller:
     """One simulated chan_websocket call. Use as ``async with AsteriskWsCaller(...) as call:``.
 
     ``control_format`` is ``"plain-text"`` or ``"json"``; ``codec`` one of ulaw, alaw, slin,
-    slin16; ``query`` the ``v()`` parameters; ``speed`` > 1 plays the gateway's audio faster
-    than real time (tests only; Asterisk plays at 1.0).
+    slin12, slin16, slin24, slin32, slin44, slin48, slin96, slin192; ``query`` the ``v()``
+    parameters; ``speed`` > 1 plays the gateway's audio faster than real time (tests only;
+    Asterisk plays at 1.0).
     """
 
     def __init__(
@@ -426,6 +440,7 @@ class AsteriskWsCaller:
                 self._length -= 1
                 self.played += item
                 self.stats.frames_played += 1
+                self.stats.played_at.append(time.monotonic())
 
     async def _marker(self, event: str) -> None:
         if "MEDIA_MARK_PROCESSED" in event:
@@ -448,7 +463,18 @@ class AsteriskWsCaller:
 KIND_HANGUP = 0x00
 KIND_UUID = 0x01
 KIND_DTMF = 0x03
-KIND_FOR_RATE = {8000: 0x10, 12000: 0x11, 16000: 0x12, 24000: 0x13, 48000: 0x16}
+# res_audiosocket.h: 0x10 slin, 0x11 slin12, 0x12 slin16 ... 0x18 slin192.
+KIND_FOR_RATE = {
+    8000: 0x10,
+    12000: 0x11,
+    16000: 0x12,
+    24000: 0x13,
+    32000: 0x14,
+    44100: 0x15,
+    48000: 0x16,
+    96000: 0x17,
+    192000: 0x18,
+}
 _AUDIO_KINDS = frozenset(range(0x10, 0x19))
 _HEADER = struct.Struct(">BH")
 

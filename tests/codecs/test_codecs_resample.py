@@ -205,6 +205,32 @@ def test_supported_rates_cover_telephony_tts_and_files() -> None:
     assert {8000, 16000, 22050, 24000, 44100, 48000} <= SUPPORTED_RATES
 
 
+# Every signed-linear rate Asterisk offers: chan_websocket slin, slin12 ... slin192
+# (main/codec_builtin.c) and AudioSocket kinds 0x10-0x18. 12, 32, 96 and 192 kHz used to be
+# refused, which hung up those calls at once (or at the first reply, for 32 kHz).
+ASTERISK_RATES = [8000, 12000, 16000, 24000, 32000, 44100, 48000, 96000, 192000]
+
+
+def test_every_asterisk_rate_is_supported() -> None:
+    assert set(ASTERISK_RATES) <= SUPPORTED_RATES
+
+
+@pytest.mark.parametrize(
+    ("in_rate", "out_rate"), list(itertools.permutations([*ASTERISK_RATES, 22050], 2))
+)
+def test_every_asterisk_rate_pair_streams_a_tone_faithfully(in_rate: int, out_rate: int) -> None:
+    x = tone(1000, in_rate, 0.2)
+    y = to_array(
+        stream_in_frames(
+            StreamResampler(in_rate, out_rate), x.tobytes(), 2 * in_rate * FRAME_MS // 1000
+        )
+    )
+    assert abs(len(y) - len(x) * out_rate / in_rate) <= 1
+    assert peak_frequency(y, out_rate) == pytest.approx(1000, abs=10)
+    steady = y[out_rate // 20 : -out_rate // 20]  # skip 50 ms at each end
+    assert 20 * np.log10(rms(steady) / rms(x)) == pytest.approx(0, abs=0.5)
+
+
 def test_whole_buffer_resample_rejects_odd_length() -> None:
     with pytest.raises(ValueError, match="whole number"):
         resample(b"\x00\x00\x00", 8000, 16000)

@@ -24,6 +24,7 @@ from gateway.logs import call_id_var
 from gateway.server import keys
 from gateway.server.app import create_app
 from gateway.sim.asterisk_caller import (
+    SLIN_RATES,
     AsteriskWsCaller,
     basic_auth_header,
     send_text_frame_bytes,
@@ -464,6 +465,58 @@ async def test_unsupported_codec_ends_the_call_with_1003(gateway: GatewayFactory
 
 
 # ------------------------------------------------------------------ voice agent
+
+
+SLIN_CODECS = ["slin", "slin12", "slin16", "slin24", "slin32", "slin44", "slin48", "slin96"]
+SLIN_CODECS += ["slin192"]
+
+
+@pytest.mark.parametrize("codec", SLIN_CODECS)
+async def test_every_slin_rate_gets_the_greeting_and_a_reply(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, codec: str
+) -> None:
+    """A whole call per rate Asterisk offers: greeting (outbound), utterance (inbound), reply.
+
+    12/96/192 kHz used to hang up at once (no resampler for the inbound rate) and 32 kHz at
+    the first reply (none for TTS 16 kHz -> 32 kHz).
+    """
+    backends = await speech_backends(aiohttp_server)
+    settings = voice_settings(
+        backends.sim_url,
+        tmp_path,
+        agent=AgentMode.WEBHOOK,
+        agent_webhook_url=backends.agent_url,
+        greeting_text="أهلا وسهلا بك، كيف يمكنني مساعدتك؟",  # 12 ms/char: ~0.4 s of audio
+        asterisk_ws_username=USER,
+        asterisk_ws_password=PASSWORD,
+    )
+    client: TestClient = await aiohttp_client(create_app(settings))
+    call = AsteriskWsCaller(
+        client.session,
+        str(client.make_url(PATH)),
+        username=USER,
+        password=PASSWORD,
+        control_format="json",
+        codec=codec,
+        speed=4.0,
+    )
+    rate = SLIN_RATES[codec]
+    async with call:
+        # The greeting's first-frame and sentence marks came back: it was played.
+        await wait_for(lambda: len([m for m in call.stats.marks_processed if m[0] == "m"]) >= 2)
+        greeting = call.stats.bytes_received
+        assert greeting > rate * 2 * 0.3  # at least 0.3 s of the greeting, at this rate
+        await call.play(voiced(0.8, rate=rate) + silence(0.9, rate=rate), realtime=True)
+        requests = backends.requests
+        await wait_for(lambda: any(q.get("event") == "utterance" for q in requests))
+        await wait_for(lambda: call.stats.bytes_received - greeting > rate * 2 * 0.5)
+        assert all(size % call.frame_size == 0 for size in call.stats.received_sizes)
+        assert call.stats.dropped_partial_bytes == 0 and not call.closed
+    request = next(q for q in requests if q.get("event") == "utterance")
+    assert request["text"] == TRANSCRIPT
+    registry = client.app[keys.METRICS].registry  # type: ignore[index]
+    labels = {"transport": "asterisk_ws", "outcome": "completed"}
+    await wait_for(lambda: registry.get_sample_value("gateway_calls_total", labels) == 1)
 
 
 async def test_voice_agent_call_speaks_the_reply_and_marks_are_processed(

@@ -365,6 +365,46 @@ async def test_voice_agent_call_over_audiosocket(
     assert "heard" in turn["timings"]  # the first-frame mark fired on the pacer's clock
 
 
+def _audible_bytes(pcm: bytes, frame: int) -> int:
+    """Bytes of the non-silent 20 ms frames in ``pcm`` (the pacer fills gaps with zeros)."""
+    zero = bytes(frame)
+    return sum(frame for i in range(0, len(pcm) - frame + 1, frame) if pcm[i : i + frame] != zero)
+
+
+# The rates that used to fail (12/96/192 kHz at once, 32 kHz at the first reply) and 44.1
+# kHz (882 samples per 20 ms); 8 and 16 kHz are covered above, every rate over chan_websocket.
+@pytest.mark.parametrize("rate", [12000, 32000, 44100, 96000, 192000])
+async def test_voice_agent_call_at_every_audiosocket_rate(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, rate: int
+) -> None:
+    backends = await speech_backends(aiohttp_server)
+    settings = voice_settings(
+        backends.sim_url,
+        tmp_path,
+        agent=AgentMode.WEBHOOK,
+        agent_webhook_url=backends.agent_url,
+        greeting_text="أهلا وسهلا بك، كيف يمكنني مساعدتك؟",
+        host="127.0.0.1",
+        audiosocket_port=0,
+    )
+    client: TestClient = await aiohttp_client(create_app(settings))
+    port = client.app[keys.AUDIOSOCKET].port  # type: ignore[index]
+    frame = rate // 50 * 2
+    async with AudioSocketCaller("127.0.0.1", port, sample_rate=rate) as call:
+        await call.play(silence(0.1, rate=rate), realtime=False)
+        # Channel drivers c(slin12) ... c(slin192): the gateway answers in the same kind.
+        await wait_for(lambda: _audible_bytes(call.heard_audio(), frame) > rate * 2 * 0.3)
+        requests = backends.requests
+        await call.play(voiced(0.8, rate=rate) + silence(0.9, rate=rate), realtime=True)
+        await wait_for(lambda: any(q.get("event") == "utterance" for q in requests))
+        greeting = _audible_bytes(call.heard_audio(), frame)
+        await wait_for(lambda: _audible_bytes(call.heard_audio(), frame) - greeting > rate)
+        assert call.stats.protocol_errors == [] and not call.done
+        assert set(call.stats.kinds) == {call.kind}
+    request = next(q for q in requests if q.get("event") == "utterance")
+    assert request["text"] == TRANSCRIPT
+
+
 def test_packet_helper_matches_the_reference_examples() -> None:
     # docs/protocols/asterisk.md §3.3: DTMF '5' is 03 00 01 35, hang-up is 00 00 00.
     assert packet(0x03, b"5") == bytes.fromhex("03000135")
