@@ -321,6 +321,12 @@ async def _serve_socket(request: web.Request, ws: web.WebSocketResponse, state: 
             continue
         try:
             message = json.loads(msg.data)
+    except ConnectionError as exc:
+        # The client vanished mid-answer (a caller hung up and the gateway dropped its
+        # socket): the ordinary end of a call, not an error. ClientConnectionResetError
+        # ("Cannot write to closing transport") is a ConnectionResetError.
+        state.stats["client_gone"] += 1
+        log.debug("client went away during a request: %r", exc)
         except ValueError:
             message = None
         if not isinstance(message, dict):
@@ -403,7 +409,11 @@ async def _serve_tts(
         await _send_error(ws, config.error_message)
         return True
     audio_task = asyncio.ensure_future(_tts_audio(state, payload))
-    await ws.send_json(TTS_ACK)
+    try:
+        await ws.send_json(TTS_ACK)
+    except BaseException:
+        audio_task.cancel()  # never leave the synthesis running (or its error unretrieved)
+        raise
     if fault == "stall":
         audio_task.cancel()
         return await _stall(ws, config.stall_seconds, backlog)
@@ -560,14 +570,19 @@ async def _rest_tts_stream(request: web.Request) -> web.StreamResponse:
     await asyncio.sleep(config.first_audio_delay)
     step = max(1, config.rest_chunk_bytes)
     per_chunk = step / (rate * width) / config.realtime_factor
-    for index, offset in enumerate(range(0, len(audio), step)):
-        if index:
-            await asyncio.sleep(per_chunk)
-        await response.write(audio[offset : offset + step])
-        if body.get("_fault") == "drop":
-            _drop(request)  # a torn chunked body (§4)
-            return response
-    await response.write_eof()
+    try:
+        for index, offset in enumerate(range(0, len(audio), step)):
+            if index:
+                await asyncio.sleep(per_chunk)
+            await response.write(audio[offset : offset + step])
+            if body.get("_fault") == "drop":
+                _drop(request)  # a torn chunked body (§4)
+                return response
+        await response.write_eof()
+    except ConnectionError as exc:
+        # The client hung up mid-stream: ordinary, not an error (see _ws_handler).
+        state.stats["client_gone"] += 1
+        log.debug("REST client went away mid-stream: %r", exc)
     return response
 
 
