@@ -8,8 +8,10 @@ TEXT over 128 bytes, counts pings, and echoes marks only when its playout clock 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from gateway.sim.twilio_caller import TwilioCaller
 from gateway.telephony.events import (
     ClearAudio,
     Dtmf,
+    InboundEvent,
     MarkPlayed,
     PlayAudio,
     SetMark,
@@ -61,8 +64,27 @@ def sample(client: TestClient, name: str, labels: dict[str, str]) -> float:
     return 0.0 if value is None else float(value)
 
 
+class TimedRecorder(Recorder):
+    """A Recorder that also notes when (monotonic) each event reached the conversation."""
+
+    def __init__(self, session: CallSession) -> None:
+        super().__init__(session)
+        self.times: list[float] = []
+
+    def on_event(self, event: InboundEvent) -> None:
+        super().on_event(event)
+        self.times.append(time.monotonic())
+
+    def mark_time(self, name: str) -> float:
+        return next(
+            t
+            for e, t in zip(self.events, self.times, strict=True)
+            if isinstance(e, MarkPlayed) and e.name == name
+        )
+
+
 class Gateway:
-    def __init__(self, client: TestClient, recorders: list[Recorder]) -> None:
+    def __init__(self, client: TestClient, recorders: list[TimedRecorder]) -> None:
         self.client = client
         self.recorders = recorders
 
@@ -95,11 +117,11 @@ async def gateway(aiohttp_client: Any) -> GatewayFactory:
             }
         )
         app = create_app(settings)
-        recorders: list[Recorder] = []
+        recorders: list[TimedRecorder] = []
         if record:
 
             def factory(session: CallSession) -> Conversation:
-                recorder = Recorder(session)
+                recorder = TimedRecorder(session)
                 recorders.append(recorder)
                 return recorder
 
@@ -289,6 +311,35 @@ async def test_plain_text_marks_use_the_queue_drained_byte_clock(gateway: Gatewa
         assert call.stats.frames_played == 20  # reported once the queue had drained
         assert "REPORT_QUEUE_DRAINED" in call.stats.texts_received
         assert not any(t.startswith("MARK_MEDIA") for t in call.stats.texts_received)
+
+
+async def test_plain_text_marks_are_heard_at_their_playout_time(gateway: GatewayFactory) -> None:
+    """Plain text has no MARK_MEDIA: the byte clock must retire each mark when its audio has
+    played, not at the next QUEUE_DRAINED (which came after the whole reply: "heard" was
+    0.3-1.4 s late). The peer plays in real time and notes when each frame played."""
+    gw = await gateway(record=True)
+    async with gw.caller(control_format="plain-text") as call:
+        await wait_for(lambda: len(gw.recorders) == 1)
+        rec = gw.recorders[0]
+        # A live line: Asterisk sends the caller's audio (or silence) every 20 ms.
+        line = asyncio.create_task(call.play(b"\xff" * 160 * 150, realtime=True))
+        try:
+            await asyncio.sleep(0.1)
+            await rec.session.send(PlayAudio(ulaw_tone(1)))
+            await rec.session.send(SetMark("first"))  # "the caller starts hearing the reply"
+            await rec.session.send(PlayAudio(ulaw_tone(50, seed=3)))  # one more second
+            await rec.session.send(SetMark("end"))
+            await wait_for(lambda: len(rec.marks()) == 2)
+        finally:
+            line.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await line
+    assert rec.marks() == [MarkPlayed("first", True), MarkPlayed("end", True)]
+    played = call.stats.played_at
+    # A mark is reached when the frame before it has played (one ptime after it started).
+    first_played, end_played = played[0] + 0.020, played[50] + 0.020
+    assert abs(rec.mark_time("first") - first_played) < 0.040
+    assert abs(rec.mark_time("end") - end_played) < 0.040
 
 
 @pytest.mark.parametrize("control_format", ["plain-text", "json"])
