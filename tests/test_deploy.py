@@ -22,8 +22,9 @@ import yaml
 
 from gateway.config import Settings
 from gateway.metrics import CALLER_STAGES, INTERNAL_STAGES, STAGES, Metrics
-from tests.conftest import TIMEOUT
-from tests.test_metrics import promtool
+from gateway.server.app import create_app
+from tests.conftest import TIMEOUT, free_port, make_settings
+from tests.test_metrics import promtool, value
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -191,6 +192,20 @@ def test_alert_rules_fire_on_gateway_series() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+async def test_an_idle_gateway_runs_far_fewer_tasks_than_the_leak_alert_threshold(
+    aiohttp_client,
+) -> None:
+    """GatewayAsyncioTasksWithoutCalls must not fire on a healthy idle gateway (all backends on)."""
+    rule = next(r for r in alert_rules() if r["alert"] == "GatewayAsyncioTasksWithoutCalls")
+    threshold = int(re.search(r"gateway_asyncio_tasks > (\d+)", rule["expr"]).group(1))  # type: ignore[union-attr]
+    # Echo agent with the embedded Hamsa simulator and warm pool, AudioSocket listening.
+    app = create_app(make_settings(audiosocket_port=free_port()))
+    client = await aiohttp_client(app)
+    text = await (await client.get("/metrics")).text()
+    idle = value(text, "gateway_asyncio_tasks")
+    assert idle is not None and 1 <= idle < threshold / 3, (idle, threshold)
 
 
 def test_every_alert_has_a_severity_and_a_summary() -> None:
