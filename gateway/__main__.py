@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve | demo | call | loadtest | sim-hamsa``. Argument parsing only."""
+"""Command line: ``gateway serve | dev | demo | call | loadtest | sim-hamsa``; parsing only."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from gateway import __version__
 from gateway.config import ConfigError, load_settings
 from gateway.logs import setup_logging
 
@@ -32,17 +33,55 @@ def _serve(args: argparse.Namespace) -> int:
     return int(uvloop.run(serve(settings)))
 
 
+def _dev(args: argparse.Namespace) -> int:
+    """``gateway dev``: serve with every transport on and development-only credentials."""
+    from gateway.sim.caller_cli import dev_environment
+
+    for line in dev_environment(args.port, args.audiosocket_port):
+        print(line)
+    sys.stdout.flush()
+    return _serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="Telephony voice gateway: Twilio and Asterisk calls to Hamsa speech and "
-        "your agent. Settings come from environment variables (see README).",
+        "your agent. Settings come from environment variables (see README); each command "
+        "has its own --help.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway (settings from the environment)")
-    serve.add_argument("--host", help="listen address (env HOST, default 0.0.0.0)")
-    serve.add_argument("--port", type=int, help="listen port (env PORT, default 8080)")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__} (hamsa-voice-gateway)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway (settings from the environment)",
+        description="Run the gateway. Settings come from environment variables (README, "
+        "Configuration); a bad value stops it with exit status 2. SIGTERM drains.",
+    )
+    serve.add_argument("--host", help="listen address (overrides env HOST; default 0.0.0.0)")
+    serve.add_argument(
+        "--port", type=int, help="listen TCP port (overrides env PORT; default 8080)"
+    )
     serve.set_defaults(func=_serve)
+    dev = sub.add_parser(
+        "dev",
+        help="`make dev`: serve with every transport on and dev-only credentials",
+        description="Development only: serve on 127.0.0.1 with a well-known Twilio auth "
+        "token, chan_websocket user and password, AudioSocket on and call records in "
+        "./calls.jsonl (variables already set in the environment win), and print one "
+        "`gateway call` line per transport that works as pasted.",
+    )
+    dev.add_argument("--host", default=None, help="listen address (env HOST; default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=8080, help="listen TCP port (default 8080)")
+    dev.add_argument(
+        "--audiosocket-port",
+        type=int,
+        default=9092,
+        help="AudioSocket TCP port (env AUDIOSOCKET_PORT; default 9092)",
+    )
+    dev.set_defaults(func=_dev)
     tools = (
         (
             "loadtest",

@@ -155,6 +155,9 @@ class AsteriskWsCaller:
         self._report_drained = False
         self._received: list[bytes] = []
         self.played = bytearray()
+        # What the caller heard on a real-time timeline: one frame per 20 ms tick from the
+        # start of the call, silence on ticks with nothing queued (or paused), like a phone.
+        self.timeline = bytearray()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
 
@@ -413,11 +416,14 @@ class AsteriskWsCaller:
         """dequeue_frame(): one frame per tick on a fixed grid; markers fire as reached."""
         start = time.monotonic()
         tick = 0
+        silence = bytes([_SILENCE_BYTE[self.codec]]) * self.frame_size
         while True:
             tick += 1
             delay = start + tick * self._period - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if self._paused or not self._length:  # nothing to play this tick: silence heard
+                self.timeline += silence
             if self._paused:
                 continue
             if self._queue_full and self._length < XON_LEVEL:
@@ -439,6 +445,7 @@ class AsteriskWsCaller:
             if isinstance(item, bytes):
                 self._length -= 1
                 self.played += item
+                self.timeline += item
                 self.stats.frames_played += 1
                 self.stats.played_at.append(time.monotonic())
 
@@ -453,6 +460,10 @@ class AsteriskWsCaller:
     def received_audio(self) -> bytes:
         """Every audio byte the gateway sent, in order (including audio later flushed)."""
         return b"".join(self._received)
+
+    def heard_audio(self) -> bytes:
+        """What the caller heard, in the call's codec, one frame per 20 ms tick since connect."""
+        return bytes(self.timeline)
 
     def silence_byte(self) -> int:
         return _SILENCE_BYTE[self.codec]
