@@ -30,6 +30,7 @@ Gateway -> page:
 ``notify()``       ``{"type":"started","call_id":C}`` after ``start``; conversation events
                    (``transcript``, ``reply``, ``speech_end``, ``interrupted``) as JSON objects,
                    picked up by the glue with :meth:`BrowserMediaProtocol.data_to_send`
+                   after the page's next message (the page sends audio every 20 ms)
 =================  ===============================================================================
 
 Marks: the page plays audio in order through its jitter buffer and answers **every** mark
