@@ -22,6 +22,20 @@ short timeout to start the call at 8 kHz (the only rate the ``AudioSocket()`` ap
 
 The parser is robust to packets split anywhere: partial headers and payloads are carried
 to the next :meth:`~AudioSocketProtocol.receive_data` call.
+
+G.711 mislabelled as slin
+-------------------------
+``Dial(AudioSocket/host:port/<uuid>/c(ulaw))`` (or ``c(alaw)``) makes Asterisk send the
+channel's G.711 bytes under kind 0x10, which means slin 8 kHz: 160-byte payloads every 20 ms
+where slin has 320. Read as PCM16 they are loud noise (μ-law's quiet codes 0x7F/0xFF are
+±full scale once paired into 16-bit samples), so the caller is never understood. Asterisk
+itself cuts 20 ms frames, but a 10 ms phone could legitimately give 160-byte slin packets, so a
+160-byte 0x10 packet is judged by its content too: G.711 read as PCM16 has a large share of
+samples beyond half scale, which telephone speech in real slin practically never has. Such
+packets are reported as ``Malformed("not_slin")`` (counted, logged once by the glue) and
+never reach the call as audio; after :data:`NOT_SLIN_AFTER_PACKETS` of them every 0x10 packet
+of the call is. The fix is on the PBX: AudioSocket carries slin only (``c(slin)``,
+``c(slin16)`` ...).
 """
 
 from __future__ import annotations
@@ -71,8 +85,19 @@ FRAME_MS: Final = 20
 # 20 ms of slin192 is 7680 B; anything far above a few frames means a desynchronised stream.
 DEFAULT_MAX_PAYLOAD: Final = 16384
 VALID_DTMF: Final = frozenset(b"0123456789*#ABCD")
+G711_FRAME_BYTES: Final = 160  # 20 ms of 8 kHz μ-law/A-law (slin 8 kHz is 320)
+NOT_SLIN_AFTER_PACKETS: Final = 3
+# High byte of a little-endian PCM16 sample in 0x40..0xBF <=> |sample| >= 16384 (half scale).
+_LOUD_HIGH_BYTE: Final = bytes(1 if 0x40 <= b < 0xC0 else 0 for b in range(256))
+_G711_LOUD_SHARE: Final = 4  # "G.711-looking": at least 1/4 of the samples beyond half scale
 # What Asterisk accepts from us: hang-up or audio (never 0x01, 0x03, 0xFF).
 _SENDABLE_KINDS: Final = frozenset({KIND_HANGUP, *AUDIO_KIND_RATES})
+
+
+def _looks_like_g711(payload: bytes) -> bool:
+    """True when a quarter or more of the PCM16 LE samples are beyond half scale."""
+    loud = payload[1::2].translate(_LOUD_HIGH_BYTE).count(1)
+    return loud * _G711_LOUD_SHARE >= len(payload) // 2
 
 
 class AudioSocketProtocol:
@@ -106,6 +131,7 @@ class AudioSocketProtocol:
         self._silence_payload: bytes | None = None
         self._silence_packet = b""
         self._silence_kind = -1
+        self._g711_packets = 0  # 160-byte 0x10 packets that look like G.711 (see module doc)
 
     @property
     def started(self) -> bool:
@@ -258,6 +284,19 @@ class AudioSocketProtocol:
                 self._start(AudioFormat(Encoding.PCM16, rate), events)
             elif kind != self._kind:
                 events.append(Malformed("format_change", f"kind 0x{kind:02x}"))
+                return
+            if kind == KIND_SLIN8 and (
+                self._g711_packets >= NOT_SLIN_AFTER_PACKETS
+                or (len(payload) == G711_FRAME_BYTES and _looks_like_g711(payload))
+            ):
+                self._g711_packets += 1
+                events.append(
+                    Malformed(
+                        "not_slin",
+                        "160-byte kind 0x10 packets hold G.711, not slin 8 kHz (320 B per "
+                        "20 ms): AudioSocket carries slin only, dial it with c(slin)",
+                    )
+                )
                 return
             events.append(CallerAudio(payload))
         elif kind == KIND_DTMF:

@@ -28,12 +28,14 @@ from gateway.telephony.audiosocket_server import AudioSocketServer
 from gateway.telephony.events import (
     PCM16_8K,
     CallEnded,
+    CallerAudio,
     ClearAudio,
     Dtmf,
     MarkPlayed,
     PlayAudio,
     SetMark,
 )
+from telecodecs.g711 import pcm16_to_ulaw
 from tests.agent.audio import silence, voiced
 from tests.call_helpers import Recorder, other_tasks, wait_for
 from tests.conftest import TIMEOUT, make_settings
@@ -220,6 +222,26 @@ async def test_unknown_kind_is_counted_and_the_call_continues(
     labels = {"transport": "audiosocket", "reason": "unknown_kind"}
     assert gw.metric("gateway_malformed_input_total", labels) == 2
     assert len([r for r in caplog.records if "unknown_kind" in r.getMessage()]) == 1
+
+
+async def test_ulaw_dialled_audiosocket_is_counted_logged_once_and_kept_from_the_call(
+    gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Dial(AudioSocket/.../c(ulaw))``: Asterisk labels 160-byte μ-law payloads 0x10."""
+    caplog.set_level("WARNING")
+    gw = await gateway(record=True)
+    ulaw = pcm16_to_ulaw(voiced(0.2))
+    async with gw.caller() as call:
+        for offset in range(0, len(ulaw), 160):
+            await call.send_raw(packet(0x10, ulaw[offset : offset + 160]))
+        labels = {"transport": "audiosocket", "reason": "not_slin"}
+        await wait_for(lambda: gw.metric("gateway_malformed_input_total", labels) == 10)
+        await call.press("4")
+        await wait_for(lambda: bool(gw.recorders) and Dtmf("4") in gw.recorders[0].events)
+        assert not any(isinstance(e, CallerAudio) for e in gw.recorders[0].events)
+        assert not call.done  # the call goes on
+    logged = [r for r in caplog.records if "not_slin" in r.getMessage()]
+    assert len(logged) == 1 and "c(slin)" in logged[0].getMessage()
 
 
 async def test_dtmf_reaches_the_conversation(gateway: GatewayFactory) -> None:

@@ -319,3 +319,59 @@ async def test_over_real_tcp_with_split_writes() -> None:
     assert [e.digit for e in got if isinstance(e, Dtmf)] == ["1", "2", "3", "#"]
     assert got[-1] == CallEnded("remote_hangup")
     assert not any(isinstance(e, Malformed) for e in got)
+
+
+# ------------------------------------------- G.711 mislabelled as slin (issue 10 item 7)
+
+
+def _g711_packets() -> tuple[list[bytes], list[bytes], bytes]:
+    """20 ms packets of the same speech as μ-law, as A-law (160 B) and one slin8 (320 B)."""
+    from telecodecs.g711 import pcm16_to_alaw, pcm16_to_ulaw
+    from tests.agent.audio import voiced
+
+    pcm = voiced(0.2)
+    ulaw, alaw = pcm16_to_ulaw(pcm), pcm16_to_alaw(pcm)
+    return (
+        [ulaw[i : i + 160] for i in range(0, len(ulaw), 160)],
+        [alaw[i : i + 160] for i in range(0, len(alaw), 160)],
+        pcm[:320],
+    )
+
+
+@pytest.mark.parametrize("law", ["ulaw", "alaw"])
+def test_g711_labelled_slin_is_detected_and_never_reaches_the_call(law: str) -> None:
+    """``Dial(AudioSocket/.../c(ulaw))``: 160-byte kind-0x10 payloads that are G.711."""
+    ulaw, alaw, _ = _g711_packets()
+    packets = ulaw if law == "ulaw" else alaw
+    proto = AudioSocketProtocol()
+    events = proto.receive_data(UUID_MSG + b"".join(msg(0x10, p) for p in packets))
+    assert events[0] == started_8k()[0]  # the call starts (and can hear the reason spoken)
+    rest = events[1:]
+    assert len(rest) == len(packets)
+    assert all(isinstance(e, Malformed) and e.reason == "not_slin" for e in rest)
+    assert not any(isinstance(e, CallerAudio) for e in events)
+    # Once established, every 0x10 packet of the call is refused, even a 320-byte one.
+    [late] = proto.receive_data(msg(0x10, SLIN8))
+    assert isinstance(late, Malformed) and late.reason == "not_slin"
+
+
+def test_real_slin_in_10ms_packets_is_not_mistaken_for_g711() -> None:
+    """A 10 ms phone gives 160-byte *slin* packets: content, not size alone, decides."""
+    from tests.agent.audio import noise, voiced
+
+    pcm = voiced(0.5) + noise(0.5, rms=2000.0)
+    proto = AudioSocketProtocol()
+    events = proto.receive_data(
+        UUID_MSG + b"".join(msg(0x10, pcm[i : i + 160]) for i in range(0, len(pcm), 160))
+    )
+    assert events[0] == started_8k()[0]
+    assert all(isinstance(e, CallerAudio) for e in events[1:]) and len(events) == 101
+
+
+def test_g711_digital_silence_passes_until_speech_shows_the_mislabel() -> None:
+    ulaw, _, _ = _g711_packets()
+    proto = AudioSocketProtocol()
+    silent = b"\xff" * 160  # μ-law silence reads as PCM16 -1: harmless, undetectable
+    events = proto.receive_data(UUID_MSG + msg(0x10, silent) + msg(0x10, ulaw[3]))
+    assert events[1] == CallerAudio(silent)
+    assert isinstance(events[2], Malformed) and events[2].reason == "not_slin"
