@@ -121,11 +121,28 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
         "AGENT=llm: declare the `end_call` and `transfer_call` tools (turn off for servers "
         "without tool support, e.g. llama.cpp server without `--jinja`)",
     ),
-    ("AGENT_TIMEOUT", "8", "seconds to wait for the agent's first text before the fallback"),
+    (
+        "AGENT_TIMEOUT",
+        "8",
+        "seconds to wait for the agent's first speakable sentence (not just any text) before "
+        "the fallback; a greeting (call.started) that times out stays silent",
+    ),
     (
         "AGENT_FALLBACK_TEXT",
         "عذرا، حدث خطأ. هل يمكنك الإعادة؟",
-        "spoken when the agent fails or times out",
+        "spoken when the agent fails or times out (a pre-rendered clip plays when TTS fails)",
+    ),
+    (
+        "AGENT_MAX_REPLY_BYTES",
+        "1048576",
+        "largest agent reply body read; a bigger reply is an error (`too_large`) and the "
+        "fallback plays",
+    ),
+    (
+        "SPEECH_OUTAGE_HANGUP_SECONDS",
+        "15",
+        "a call without working speech service (STT and TTS failing) this long hears the "
+        "fallback clip and is hung up (outcome `speech_unavailable`); 0 disables",
     ),
     ("GREETING_TEXT", "", "spoken when a call starts (empty: ask the agent, or stay silent)"),
     ("PARROT_DELAY_MS", "500", "parrot mode: how long the caller's audio is held back"),
@@ -263,6 +280,8 @@ class Settings:
     llm_tools: bool = True
     agent_timeout: float = 8.0
     agent_fallback_text: str = "عذرا، حدث خطأ. هل يمكنك الإعادة؟"
+    agent_max_reply_bytes: int = 1 << 20
+    speech_outage_hangup_seconds: float = 15.0
     greeting_text: str = ""
     parrot_delay_ms: int = 500
     vad_aggressiveness: int = 2
@@ -529,6 +548,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "llm_tools": ("LLM_TOOLS", _bool),
     "agent_timeout": ("AGENT_TIMEOUT", _float(0.1, 600)),
     "agent_fallback_text": ("AGENT_FALLBACK_TEXT", _text),
+    "agent_max_reply_bytes": ("AGENT_MAX_REPLY_BYTES", _int(1024, 64 << 20)),
+    "speech_outage_hangup_seconds": ("SPEECH_OUTAGE_HANGUP_SECONDS", _float(0, 3600)),
     "greeting_text": ("GREETING_TEXT", _text),
     "parrot_delay_ms": ("PARROT_DELAY_MS", _int(0, 10_000)),
     "vad_aggressiveness": ("VAD_AGGRESSIVENESS", _int(0, 3)),
