@@ -8,7 +8,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
 
-.PHONY: run test test313 tools lint typecheck pytest bench demo clean
+.PHONY: run dev test test313 tools lint typecheck pytest bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ $(STAMP_DEV): pyproject.toml | $(BIN)/python
 ## make run: start the gateway on 0.0.0.0:8080 with embedded defaults
 run: $(STAMP_RUN)
 	$(BIN)/gateway serve
+
+## make dev: every transport on with development-only credentials (Twilio token, Asterisk
+## user/password, AudioSocket on 9092, call records in ./calls.jsonl); prints one
+## `gateway call` line per transport that works as pasted in another terminal
+dev: $(STAMP_RUN)
+	$(BIN)/gateway dev
 
 ## make test: lint, type-check and run the whole test suite
 test: $(STAMP_DEV) tools lint typecheck pytest
