@@ -132,9 +132,8 @@ class ThrottledLog:
         suppressed, since = int(state[1]), now - state[0]
         state[0], state[1] = now, 0
         if suppressed:
-            self._logger.log(
-                level, msg + " (%d similar suppressed in the last %.0f s)", *args, suppressed, since
-            )
+            summary = f"{msg} (%d similar suppressed in the last %.0f s)"
+            self._logger.log(level, summary, *args, suppressed, since)
         else:
             self._logger.log(level, msg, *args)
         return True

@@ -20,21 +20,29 @@ from aiohttp import web
 from gateway.config import Settings
 from gateway.server import keys
 from gateway.server.app import create_app
+from gateway.server.guard import ConnectionGuard, GuardedTCPSite
 
 log = logging.getLogger(__name__)
+
+# Slowloris limits (issue 10 item 10). Carriers send a whole request in milliseconds; a
+# connection still without one after 10 s is not a carrier.
+HEADER_TIMEOUT_SECONDS = 10.0
+MAX_HALF_OPEN_CONNECTIONS = 256
+KEEPALIVE_TIMEOUT_SECONDS = 15.0
+# After answering a request whose body never completed (408), aiohttp keeps reading the rest
+# this long before closing (its default is 10 s).
+LINGERING_SECONDS = 2.0
+GUARD = web.AppKey("connection_guard", ConnectionGuard)
 
 
 async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> int:
     """Serve until a stop signal, drain, return the exit status (0)."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-    await site.start()
+    runner, site = await start_site(app, settings.host, settings.port)
     log.info(
         "gateway listening on %s:%d (public %s), agent=%s, max calls %d",
         settings.host,
-        settings.port,
+        site.port,
         settings.public_base,
         settings.agent.value,
         settings.max_calls,
@@ -76,6 +84,45 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> in
         await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+async def start_site(
+    app: web.Application, host: str, port: int
+) -> tuple[web.AppRunner, GuardedTCPSite]:
+    """Set the app up and listen on ``host:port`` behind the slowloris guard (see guard.py).
+
+    A connection must deliver a complete first request within ``HEADER_TIMEOUT_SECONDS``, at
+    most ``MAX_HALF_OPEN_CONNECTIONS`` may be waiting for theirs at once, and a keep-alive
+    connection's next request must come within ``KEEPALIVE_TIMEOUT_SECONDS``.
+    """
+    runner_box: list[web.AppRunner] = []
+
+    def factory() -> asyncio.BaseProtocol:
+        server = runner_box[0].server
+        assert server is not None
+        return server()
+
+    guard = ConnectionGuard(
+        factory,
+        header_timeout=HEADER_TIMEOUT_SECONDS,
+        max_half_open=MAX_HALF_OPEN_CONNECTIONS,
+        throttled_log=app[keys.CALLS].throttled_log,
+    )
+    app[GUARD] = guard
+    app.middlewares.append(guard.middleware)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=5.0,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
+        lingering_time=LINGERING_SECONDS,
+    )
+    runner_box.append(runner)
+    await runner.setup()
+    site = GuardedTCPSite(runner, host, port, guard)
+    await site.start()
+    return runner, site
 
 
 async def drain(app: web.Application, timeout: float, skip: asyncio.Event) -> None:

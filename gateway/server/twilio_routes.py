@@ -11,6 +11,7 @@ Twilio traffic is refused unless ``TWILIO_ALLOW_UNSIGNED=true`` (development onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -34,8 +35,50 @@ VOICE_PATH = "/twilio/voice"
 STATUS_PATH = "/twilio/stream-status"
 MEDIA_PATH = "/twilio/media"
 SIGNATURE_HEADER = "X-Twilio-Signature"
+# A webhook body is a few hundred bytes sent at once; one still incomplete after this is not
+# Twilio (slowloris, issue 10 item 10).
+BODY_TIMEOUT_SECONDS = 10.0
 # Twilio's documented StreamEvent values; anything else is counted as "other" (bounded label).
 _STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
+
+
+class _NoBody(Exception):
+    """The request body never completed (slow or vanished client); already logged."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__()
+        self.response = web.Response(status=status, text=text)
+        self.response.force_close()  # the rest of the body is not worth waiting for
+
+
+async def _read_form(request: web.Request) -> dict[str, list[str]]:
+    """The form body, read within ``BODY_TIMEOUT_SECONDS``; :class:`_NoBody` otherwise.
+
+    A body that trickles (slowloris) or stops when the client goes away must neither hold
+    the handler forever nor end in aiohttp's ERROR traceback: one rate-limited line instead.
+    """
+    throttled = request.app[keys.CALLS].throttled_log
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            return _form_params(await request.post())
+    except TimeoutError:
+        throttled.warning(
+            "twilio_body_timeout",
+            "Twilio %s from %s: body not complete within %g s",
+            request.path,
+            request.remote,
+            BODY_TIMEOUT_SECONDS,
+        )
+        raise _NoBody(408, "request body timeout\n") from None
+    except ConnectionError as exc:
+        throttled.warning(
+            "twilio_body_lost",
+            "Twilio %s from %s: client went away before the body was complete (%s)",
+            request.path,
+            request.remote,
+            exc,
+        )
+        raise _NoBody(400, "incomplete body\n") from None
 
 
 def _form_params(form: MultiDictProxy[FormValue]) -> dict[str, list[str]]:
@@ -75,8 +118,10 @@ def _busy_twiml(settings: Settings) -> str:
 async def voice(request: web.Request) -> web.Response:
     """Answer an incoming call with a bidirectional Media Stream (or a polite refusal)."""
     settings = request.app[keys.SETTINGS]
-    form = await request.post()
-    params = _form_params(form)
+    try:
+        params = await _read_form(request)
+    except _NoBody as no_body:
+        return no_body.response
     if not _is_signed(request, settings.public_base + request.path_qs, params, "voice"):
         return web.Response(status=403, text="invalid Twilio signature\n")
     registry = request.app[keys.CALLS]
@@ -103,7 +148,10 @@ async def voice(request: web.Request) -> web.Response:
 async def stream_status(request: web.Request) -> web.Response:
     """Log and count a stream status callback (StreamEvent: stream-started/stopped/error)."""
     settings = request.app[keys.SETTINGS]
-    params = _form_params(await request.post())
+    try:
+        params = await _read_form(request)
+    except _NoBody as no_body:
+        return no_body.response
     if not _is_signed(request, settings.public_base + request.path_qs, params, "stream_status"):
         return web.Response(status=403, text="invalid Twilio signature\n")
     event = params.get("StreamEvent", [""])[0]
