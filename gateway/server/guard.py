@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -57,7 +57,7 @@ class ConnectionGuard:
         self._max = max_half_open
         self._log = throttled_log or ThrottledLog(log)
         # Half-open connections: protocol -> (transport, deadline timer).
-        self._half_open: dict[asyncio.BaseProtocol, tuple[asyncio.BaseTransport, Any]] = {}
+        self._half_open: dict[asyncio.BaseProtocol, tuple[asyncio.Transport, Any]] = {}
         self.refused = 0  # closed at once: too many half-open connections
         self.closed_slow = 0  # closed: no complete request within header_timeout
 
@@ -68,7 +68,7 @@ class ConnectionGuard:
     def __call__(self) -> asyncio.BaseProtocol:
         return _GuardedProtocol(self._factory(), self)
 
-    def _made(self, proto: asyncio.BaseProtocol, transport: asyncio.BaseTransport) -> None:
+    def _made(self, proto: asyncio.BaseProtocol, transport: asyncio.Transport) -> None:
         if len(self._half_open) >= self._max:
             self.refused += 1
             self._log.warning(
@@ -120,7 +120,7 @@ class _GuardedProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._inner.connection_made(transport)
-        self._guard._made(self._inner, transport)
+        self._guard._made(self._inner, cast(asyncio.Transport, transport))  # TCP: a Transport
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)  # type: ignore[attr-defined]
