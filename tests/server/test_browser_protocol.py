@@ -125,7 +125,8 @@ def test_audio_frames_must_be_whole_samples_within_the_limit(size: int, ok: bool
     events = protocol.receive_bytes(data)
     if ok:
         assert events == [CallerAudio(data)]
-        assert events[0].audio is data  # no copy on the hot path
+        [event] = events
+        assert isinstance(event, CallerAudio) and event.audio is data  # no copy: hot path
     else:
         assert reasons(events) == [("Malformed", "bad_payload_size", False)]
 

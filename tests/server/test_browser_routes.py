@@ -286,7 +286,7 @@ async def test_parrot_plays_the_callers_audio_back(gateway: GatewayFactory) -> N
     assert (await next_text(ws))["type"] == "started"
     frame = bytes(range(256)) * 2 + bytes(128)
     await ws.send_bytes(frame)
-    echoed = []
+    echoed: list[bytes] = []
     while len(echoed) < 2:
         msg = await ws.receive(timeout=TIMEOUT)
         if msg.type is aiohttp.WSMsgType.BINARY:
