@@ -21,11 +21,15 @@ import base64
 import binascii
 import hmac
 import logging
+import re
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
+from gateway.calls import CallSession, Conversation
 from gateway.config import Settings
 from gateway.server import keys
 from gateway.telephony.asterisk_ws import AsteriskWsProtocol
@@ -36,9 +40,9 @@ log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "media"  # the only one res_http_websocket registers for chan_websocket
 _UNAUTHORIZED_HEADERS: Mapping[str, str] = {"WWW-Authenticate": 'Basic realm="asterisk"'}
-
 # Refusals (at capacity, draining, speech backend down) answer the upgrade with HTTP 503.
 RETRY_AFTER_SECONDS = "5"
+
 
 def credentials_ok(settings: Settings, authorization: str | None) -> bool:
     """True iff ``authorization`` is ``Basic`` with exactly the configured user and password.
@@ -76,7 +80,6 @@ async def media(request: web.Request) -> web.StreamResponse:
             why,
         )
         return web.Response(status=401, text="unauthorized\n", headers=_UNAUTHORIZED_HEADERS)
-    ws = web.WebSocketResponse(
     registry = app[keys.CALLS]
     refusal = registry.refusal_reason()
     if refusal is not None:
@@ -88,6 +91,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         return web.Response(
             status=503, text=f"refused: {refusal}\n", headers={"Retry-After": RETRY_AFTER_SECONDS}
         )
+    ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
         compress=False,  # never negotiate extensions: Asterisk fails the handshake on any
         heartbeat=None,  # never ping: older releases hang up on a PING
@@ -106,15 +110,149 @@ async def media(request: web.Request) -> web.StreamResponse:
         forward_variables=settings.asterisk_forward_variables,
         clock=time.monotonic,  # byte-clock playout model for plain-text control
     )
+    outcomes = app[CALL_OUTCOMES]
+    conversations = app[keys.CONVERSATIONS]
+
+    def make_conversation(session: CallSession) -> Conversation:
+        entry = outcomes.open(session)
+
+        async def transfer(target: str) -> bool:
+            # chan_websocket has no command that sets a channel variable (§2.5): the target
+            # waits here for the dialplan (CURL after Dial with the g option), and our leg ends.
+            if not TRANSFER_TARGET.fullmatch(target):
+                log.warning("transfer target %r is not a dialplan extension name", target[:80])
+                return False
+            entry.transfer_target = target
+            session.hangup("agent_transfer", outcome="transferred")
+            return True
+
+        session.transfer = transfer
+        return conversations(session)
+
+    async def on_call_end(session: CallSession) -> None:
+        outcomes.close(session)
+
     await drive_websocket(
         ws,
         protocol,
         config=DriverConfig(Transport.ASTERISK_WS, settings.max_call_seconds),
         registry=app[keys.CALLS],
         metrics=app[keys.METRICS],
-        make_conversation=app[keys.CONVERSATIONS],
+        make_conversation=make_conversation,
+        on_call_end=on_call_end,
     )
     return ws
+
+
+# ---------------------------------------------------------------- call outcome for the dialplan
+
+# The dialplan continues after Dial(...,g) once the gateway's leg ends and asks how it ended:
+#   GET /asterisk/calls/<id>            JSON {"call_id", "state", "outcome", "transfer"}
+#   GET /asterisk/calls/<id>/outcome    text/plain, e.g. "transferred" (for CURL())
+#   GET /asterisk/calls/<id>/transfer   text/plain: the agent's transfer target, or empty
+# <id> is the gateway's call id (the WebSocket channel's uniqueid) or the caller channel's
+# ${UNIQUEID} passed as v(callid=...), the one the dialplan knows. Same Basic credentials.
+CALLS_PATH = "/asterisk/calls/{call_id}"
+CALL_ID_PARAM = "callid"
+# The target is used as an extension name (Goto(hamsa-transfer,<target>,1)): no commas,
+# parentheses, slashes or ${...} that could smuggle dialplan options or applications.
+TRANSFER_TARGET = re.compile(r"[A-Za-z0-9+*#_.-]{1,80}")
+OUTCOME_TTL_SECONDS = 600.0
+MAX_OUTCOMES = 10_000
+
+
+@dataclass(slots=True)
+class CallControl:
+    """What the dialplan may ask about one chan_websocket call."""
+
+    call_id: str
+    session: CallSession | None  # while live; its outcome is read at request time
+    outcome: str = ""
+    transfer_target: str = ""
+    ended_at: float = 0.0
+
+    def as_dict(self) -> dict[str, str]:
+        live = self.session is not None
+        return {
+            "call_id": self.call_id,
+            "state": "live" if live else "ended",
+            "outcome": self.session.outcome if self.session is not None else self.outcome,
+            "transfer": self.transfer_target,
+        }
+
+
+class CallOutcomes:
+    """Live and recently ended chan_websocket calls by call id (bounded, expiring)."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = OUTCOME_TTL_SECONDS,
+        max_entries: int = MAX_OUTCOMES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, CallControl] = OrderedDict()
+
+    def open(self, session: CallSession) -> CallControl:
+        entry = CallControl(session.call_id, session)
+        for key in _lookup_keys(session):
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+        self._expire()
+        return entry
+
+    def close(self, session: CallSession) -> None:
+        for key in _lookup_keys(session):
+            entry = self._entries.get(key)
+            if entry is not None and entry.session is session:
+                entry.outcome = session.outcome
+                entry.session = None
+                entry.ended_at = self._clock()
+
+    def get(self, key: str) -> CallControl | None:
+        self._expire()
+        return self._entries.get(key)
+
+    def _expire(self) -> None:
+        entries, limit = self._entries, self._clock() - self._ttl
+        while entries:
+            first = next(iter(entries.values()))
+            ended_long_ago = first.session is None and first.ended_at < limit
+            if len(entries) <= self._max and not ended_long_ago:
+                break
+            entries.popitem(last=False)
+
+
+def _lookup_keys(session: CallSession) -> list[str]:
+    keys_ = [session.call_id]
+    alias = session.metadata.get(CALL_ID_PARAM, "")
+    if alias and alias != session.call_id:
+        keys_.append(alias)
+    return keys_
+
+
+CALL_OUTCOMES = web.AppKey("asterisk_call_outcomes", CallOutcomes)
+
+
+async def call_info(request: web.Request) -> web.StreamResponse:
+    """How a chan_websocket call ended, for the dialplan after ``Dial(...,g)`` (Basic auth)."""
+    app = request.app
+    settings = app[keys.SETTINGS]
+    if not credentials_ok(settings, request.headers.get(hdrs.AUTHORIZATION)):
+        app[keys.METRICS].auth_failures.labels(Transport.ASTERISK_WS.value).inc()
+        return web.Response(status=401, text="unauthorized\n", headers=_UNAUTHORIZED_HEADERS)
+    entry = app[CALL_OUTCOMES].get(request.match_info["call_id"])
+    if entry is None:
+        return web.Response(status=404, text="unknown call\n")
+    info = entry.as_dict()
+    field = request.match_info.get("field")
+    if field is None:
+        return web.json_response(info)
+    # CURL() returns the body verbatim into a variable: no trailing newline.
+    return web.Response(text=info["outcome"] if field == "outcome" else info["transfer"])
 
 
 async def _announce(app: web.Application) -> None:
@@ -129,4 +267,7 @@ async def _announce(app: web.Application) -> None:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get(app[keys.SETTINGS].asterisk_ws_path, media)
+    app[CALL_OUTCOMES] = CallOutcomes()
+    app.router.add_get(CALLS_PATH, call_info)
+    app.router.add_get(CALLS_PATH + "/{field:outcome|transfer}", call_info)
     app.on_startup.append(_announce)

@@ -362,6 +362,86 @@ async def test_a_long_burst_never_overflows_asterisks_queue(
         assert rec.marks() == [MarkPlayed("end", played=True)]
 
 
+# ------------------------------------------- call outcome for the dialplan (after Dial g)
+
+
+async def test_transfer_target_and_outcome_are_served_to_the_dialplan(
+    gateway: GatewayFactory,
+) -> None:
+    gw = await gateway(record=True)
+    auth = {"Authorization": basic_auth_header(USER, PASSWORD)}
+    http = gw.client.session
+    # What the sample dialplan passes: v(callid=${UNIQUEID}) of the caller's channel.
+    async with gw.caller(query={"callid": "1795597426.7"}) as call:
+        await wait_for(lambda: len(gw.recorders) == 1)
+        session = gw.recorders[0].session
+        live = await http.get(
+            gw.client.make_url(f"/asterisk/calls/{call.channel_id}"), headers=auth
+        )
+        assert (await live.json())["state"] == "live"
+        assert session.transfer is not None
+        assert await session.transfer("operator")  # the agent's {"transfer": "operator"}
+        # Our leg ends (Asterisk then goes on after Dial(...,g)).
+        assert await call.wait_closed(TIMEOUT) == 1000
+        assert "HANGUP" in call.stats.texts_received
+    for key in (call.channel_id, "1795597426.7"):
+        base = gw.client.make_url(f"/asterisk/calls/{key}")
+        transfer = await http.get(f"{base}/transfer", headers=auth)
+        assert transfer.status == 200 and await transfer.text() == "operator"
+        outcome = await http.get(f"{base}/outcome", headers=auth)
+        assert await outcome.text() == "transferred"
+    await wait_for(lambda: gw.calls == 0)
+    info = await http.get(gw.client.make_url(f"/asterisk/calls/{call.channel_id}"), headers=auth)
+    assert await info.json() == {
+        "call_id": call.channel_id,
+        "state": "ended",
+        "outcome": "transferred",
+        "transfer": "operator",
+    }
+
+
+async def test_call_info_needs_credentials_and_a_known_call(gateway: GatewayFactory) -> None:
+    gw = await gateway(record=True)
+    http = gw.client.session
+    async with gw.caller() as call:
+        await wait_for(lambda: len(gw.recorders) == 1)
+        url = gw.client.make_url(f"/asterisk/calls/{call.channel_id}/outcome")
+        assert (await http.get(url)).status == 401
+        wrong = {"Authorization": basic_auth_header(USER, "nope")}
+        assert (await http.get(url, headers=wrong)).status == 401
+        auth = {"Authorization": basic_auth_header(USER, PASSWORD)}
+        unknown = gw.client.make_url("/asterisk/calls/1.1/transfer")
+        assert (await http.get(unknown, headers=auth)).status == 404
+        ok = await http.get(url, headers=auth)
+        assert ok.status == 200 and await ok.text() == "completed"
+        # A target that could smuggle dialplan options is refused, and not served.
+        session = gw.recorders[0].session
+        assert session.transfer is not None
+        assert not await session.transfer("100,,U(evil)")
+        transfer_url = gw.client.make_url(f"/asterisk/calls/{call.channel_id}/transfer")
+        blank = await http.get(transfer_url, headers=auth)
+        assert await blank.text() == ""
+    assert gw.metric("gateway_auth_failures_total", {"transport": "asterisk_ws"}) == 2
+
+
+async def test_caller_hangup_outcome_is_completed_with_no_transfer(gateway: GatewayFactory) -> None:
+    gw = await gateway()
+    auth = {"Authorization": basic_auth_header(USER, PASSWORD)}
+    async with gw.caller() as call:
+        await call.play(ulaw_tone(2), realtime=False)
+        await wait_for(lambda: gw.calls == 1)
+    await wait_for(lambda: gw.calls == 0)
+    info = await gw.client.session.get(
+        gw.client.make_url(f"/asterisk/calls/{call.channel_id}"), headers=auth
+    )
+    assert await info.json() == {
+        "call_id": call.channel_id,
+        "state": "ended",
+        "outcome": "completed",
+        "transfer": "",
+    }
+
+
 # -------------------------------------------------------------------- bad input
 
 
