@@ -1,7 +1,8 @@
 """``gateway serve``: run the app until SIGTERM/SIGINT, then drain without dropping calls.
 
 Drain sequence (SIGTERM or SIGINT):
-1. ``/readyz`` turns 503 and new calls are refused (Twilio gets busy TwiML, sockets close 1013);
+1. ``/readyz`` turns 503 and new calls are refused (Twilio busy TwiML, chan_websocket HTTP 503,
+   AudioSocket the hang-up packet);
 2. live calls get up to ``DRAIN_TIMEOUT`` seconds to finish on their own;
 3. calls still live are hung up cleanly, the server stops, and the process exits 0.
 A second signal during the drain skips the wait.
