@@ -186,6 +186,7 @@ AGENT_ERROR_KINDS: tuple[str, ...] = (  # agent.webhook.ERROR_KINDS
     "malformed",
     "empty",
     "agent_error",
+    "too_large",
 )
 HAMSA_ERROR_KINDS: tuple[str, ...] = (  # speech.hamsa.protocol.ErrorKind
     "auth",

@@ -9,7 +9,7 @@ The call session does not know which brain it talks to.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 import aiohttp
 
@@ -18,6 +18,7 @@ from gateway.agent.webhook import (
     ReplyPart,
     TextDelta,
     build_request,
+    post_event,
     stream_reply,
 )
 from gateway.config import AgentMode, Settings
@@ -33,6 +34,22 @@ class Brain(Protocol):
 
     def reply(self, request: AgentRequest) -> AsyncIterator[ReplyPart]:
         """Yield the reply's parts as they become known; raise ``AgentError`` on failure."""
+        ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """A brain that can deliver a fire-and-forget event (``call.ended``) without a reply.
+
+    Optional: the call session uses :meth:`notify` when a brain has it and otherwise reads
+    (and drops) the brain's :meth:`Brain.reply`.
+    """
+
+    async def notify(self, request: AgentRequest, timeout: float) -> None:
+        """Deliver ``request``; wait for the agent's acknowledgement only, never a reply.
+
+        Raises ``AgentError`` (``timeout``, ``connect``, ``http_status``) on failure.
+        """
         ...
 
 
@@ -55,6 +72,7 @@ class WebhookBrain:
             raise ValueError("WebhookBrain needs settings.agent_webhook_url")
         self._session = session
         self._url = settings.agent_webhook_url
+        self._max_bytes = settings.agent_max_reply_bytes
         self._first_text_timeout = settings.agent_timeout
         self._total_timeout = (
             max(30.0, 4 * settings.agent_timeout) if total_timeout is None else total_timeout
@@ -67,7 +85,12 @@ class WebhookBrain:
             build_request(request),
             first_text_timeout=self._first_text_timeout,
             total_timeout=max(self._total_timeout, self._first_text_timeout),
+            max_bytes=self._max_bytes,
         )
+
+    async def notify(self, request: AgentRequest, timeout: float) -> None:
+        """POST the event and read the status line only (the body is not awaited)."""
+        await post_event(self._session, self._url, build_request(request), timeout=timeout)
 
 
 class EchoBrain:
@@ -89,6 +112,9 @@ class EchoBrain:
             text = ""
         if text:
             yield TextDelta(text)
+
+    async def notify(self, request: AgentRequest, timeout: float) -> None:
+        """Events need no delivery: there is no one to tell."""
 
 
 def make_brain(settings: Settings, session: aiohttp.ClientSession) -> Brain:

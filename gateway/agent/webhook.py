@@ -24,8 +24,13 @@ run today, recognised by its first bytes (never by Content-Type, which n8n sets 
 * **Plain text**: anything else that is valid UTF-8, streamed as it arrives. A body that
   starts like HTML (``<``) is an error page, not a reply: ``AgentError("malformed")``.
 
-The parser (:class:`ReplyParser`) is sans-I/O: bytes in, :data:`ReplyPart` list out. The
-glue (:func:`stream_reply`) owns the HTTP request and the two deadlines.
+The parser (:class:`ReplyParser`) is sans-I/O: bytes in, :data:`ReplyPart` list out, in time
+linear in the body (a hostile reply of blank lines, keep-alive comments or one giant line
+must not freeze the event loop every call shares: issue 10 item 1). The glue
+(:func:`stream_reply`) owns the HTTP request, the two deadlines and the size bound, and feeds
+the parser in slices of at most :data:`SLICE_BYTES`, yielding to the loop between slices.
+:func:`post_event` sends a fire-and-forget event (``call.ended``): it waits for the status
+line only, never for the body.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import encodings.utf_8
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
@@ -44,7 +50,7 @@ log = logging.getLogger(__name__)
 
 AgentEvent: TypeAlias = Literal["utterance", "call.started", "dtmf", "call.ended"]
 ErrorKind: TypeAlias = Literal[
-    "timeout", "http_status", "connect", "malformed", "empty", "agent_error"
+    "timeout", "http_status", "connect", "malformed", "empty", "agent_error", "too_large"
 ]
 ActionKind: TypeAlias = Literal["hangup", "transfer"]
 
@@ -56,13 +62,24 @@ ERROR_KINDS: Final[tuple[ErrorKind, ...]] = (
     "malformed",  # a body that is no reply form we know (garbage, HTML, bad JSON, bad UTF-8)
     "empty",  # a well-formed reply with no text and no action
     "agent_error",  # the agent said it failed (n8n `error` chunk, SSE `error` object)
+    "too_large",  # the body passed the size bound (AGENT_MAX_REPLY_BYTES)
 )
 
 MAX_REPLY_BYTES: Final = 1 << 20  # a spoken reply is a few KB; more is a broken agent
+# The glue hands the parser at most this much at a time and lets other calls run between
+# slices: even the costliest body (one tiny line after another) then blocks the shared loop
+# for a few milliseconds per slice, never for the whole body.
+SLICE_BYTES: Final = 16 * 1024
 _ACCEPT: Final = "application/x-ndjson, text/event-stream, application/json, text/plain"
 _N8N_TYPES: Final = frozenset({"begin", "item", "end", "error", "tool-call-start", "tool-call-end"})
 _TEXT_KEYS: Final = ("output", "reply", "text")
 _SSE_FIELDS: Final = (b"data:", b"event:", b"id:", b"retry:", b":")
+# Runs skipped in C rather than line by line: whitespace before the form is known and between
+# NDJSON lines; blank and comment (keep-alive) lines of SSE while no event data is pending.
+# A comment line is only skipped whole when it ends within 4 KiB, so a partial line at the
+# end of the buffer is scanned a bounded amount per feed (longer ones go line by line).
+_WHITESPACE: Final = re.compile(rb"[ \t\r\n\f\v]+")
+_SSE_SKIP: Final = re.compile(rb"(?:(?::[^\n]{0,4096})?\r?\n)+")
 
 
 # ------------------------------------------------------------------------ replies
@@ -338,7 +355,11 @@ class ReplyParser:
         self.bad_lines = 0
         self._max_bytes = max_bytes
         self._size = 0
-        self._buf = b""
+        # Unparsed bytes. Consumed lines are deleted from the front (O(1) amortized for a
+        # bytearray), and buf[:_scan] is known to hold no newline, so no byte is searched
+        # twice while a long line arrives in pieces.
+        self._buf = bytearray()
+        self._scan = 0
         self._deltas: list[str] = []
         self._delta_node: object = None
         self._produced = False
@@ -350,12 +371,15 @@ class ReplyParser:
     # -- public
 
     def feed(self, data: bytes) -> list[ReplyPart]:
-        """Bytes of the body as they arrive (any split)."""
+        """Bytes of the body as they arrive (any split); linear time in the body size.
+
+        Raises ``AgentError("too_large")`` once the body passes ``max_bytes``.
+        """
         if not data or self._done:
             return []
         self._size += len(data)
         if self._size > self._max_bytes:
-            raise AgentError("malformed", f"reply larger than {self._max_bytes} bytes")
+            raise AgentError("too_large", f"reply larger than {self._max_bytes} bytes")
         if self.form == "text":
             return self._text(data, final=False)
         self._buf += data
@@ -381,12 +405,19 @@ class ReplyParser:
 
     def _sniff(self, final: bool) -> bool:
         """Decide the reply form from the first bytes; False means "need more bytes"."""
-        head = self._buf.lstrip()
+        # Leading whitespace tells nothing about the form and no form keeps it: drop it as
+        # it comes, so a body of blank lines is scanned once, not once per chunk.
+        blank = _WHITESPACE.match(self._buf)
+        if blank is not None:
+            del self._buf[: blank.end()]
+            self._scan = max(0, self._scan - blank.end())
+        head = self._buf
         if not head:
             return False if not final else self._set("text")
         if head[:1] in (b"{", b"["):
-            newline = head.find(b"\n")
+            newline = head.find(b"\n", self._scan)
             if newline < 0 and not final:
+                self._scan = len(head)
                 return False
             first = head if newline < 0 else head[:newline]
             obj = _loads(first)
@@ -407,8 +438,10 @@ class ReplyParser:
     def _set(self, form: Literal["ndjson", "sse", "json", "text"]) -> bool:
         self.form = form
         if form == "text":
-            # Plain text: hand over what was buffered (leading whitespace dropped).
-            self._text_pending, self._buf = self._buf.lstrip(), b""
+            # Plain text: hand over what was buffered (leading whitespace already dropped).
+            self._text_pending = bytes(self._buf)
+            self._buf.clear()
+            self._scan = 0
         return True
 
     def _drain(self, final: bool) -> list[ReplyPart]:
@@ -429,15 +462,29 @@ class ReplyParser:
     # -- forms
 
     def _lines(self, final: bool, handle: Any) -> list[ReplyPart]:
+        """Complete lines to ``handle``, each byte searched once (see ``_scan``)."""
         out: list[ReplyPart] = []
-        while not self._done:
-            newline = self._buf.find(b"\n")
+        buf = self._buf
+        sse = self.form == "sse"
+        skip = _SSE_SKIP if sse else _WHITESPACE
+        while not self._done and buf:
+            if not (sse and self._sse_data):  # a blank line with data pending dispatches it
+                run = skip.match(buf)
+                if run is not None:
+                    del buf[: run.end()]
+                    self._scan = 0
+                    continue
+            newline = buf.find(b"\n", self._scan)
             if newline < 0:
-                if not final or not self._buf:
+                if not final:
+                    self._scan = len(buf)
                     break
-                line, self._buf = self._buf, b""
+                line = bytes(buf)
+                buf.clear()
             else:
-                line, self._buf = self._buf[:newline], self._buf[newline + 1 :]
+                line = bytes(buf[:newline])
+                del buf[: newline + 1]
+            self._scan = 0
             out.extend(handle(line.rstrip(b"\r")))
         return out
 
@@ -538,8 +585,8 @@ class ReplyParser:
     def _json(self, final: bool) -> list[ReplyPart]:
         if not final:
             return []  # one JSON document: it is only complete at the end of the body
-        obj = _loads(self._buf)
-        self._buf = b""
+        obj = _loads(bytes(self._buf))
+        self._buf.clear()
         if obj is _BAD:
             raise AgentError("malformed", "invalid JSON")
         text, actions = parse_reply_object(obj)
@@ -578,6 +625,7 @@ async def stream_reply(
     *,
     first_text_timeout: float,
     total_timeout: float,
+    max_bytes: int = MAX_REPLY_BYTES,
 ) -> AsyncIterator[ReplyPart]:
     """POST ``payload`` to the agent and yield the reply's parts as the body streams in.
 
@@ -586,8 +634,11 @@ async def stream_reply(
     ``first_text_timeout`` seconds and the whole body within ``total_timeout``; otherwise
     ``AgentError("timeout")`` is raised (parts already yielded stay valid). Other failures
     raise :class:`AgentError` with kind ``connect``, ``http_status``, ``malformed``,
-    ``empty`` or ``agent_error``. Nothing is retried: a reply is not idempotent (the agent
-    may have acted on the request), so the caller speaks a fallback instead.
+    ``empty``, ``agent_error`` or ``too_large`` (more than ``max_bytes`` of body; reading
+    stops there). The body is parsed in slices of :data:`SLICE_BYTES` with a yield to the
+    event loop between them, so a hostile body never stalls other calls. Nothing is
+    retried: a reply is not idempotent (the agent may have acted on the request), so the
+    caller speaks a fallback instead.
 
     Closing the iterator early (``aclose()``, or a cancelled consumer) releases the
     connection at once.
@@ -596,7 +647,7 @@ async def stream_reply(
     start = loop.time()
     total_deadline = start + total_timeout
     first_deadline = min(start + first_text_timeout, total_deadline)
-    parser = ReplyParser()
+    parser = ReplyParser(max_bytes)
     got_first = False
     body = orjson.dumps(payload if isinstance(payload, dict) else dict(payload))
     headers = {"Content-Type": "application/json", "Accept": _ACCEPT}
@@ -631,12 +682,42 @@ async def stream_reply(
                 raise AgentError("timeout", f"{which} deadline passed") from None
             except aiohttp.ClientError as exc:
                 raise AgentError("connect", f"{type(exc).__name__}: {exc}") from None
-            parts = parser.feed(chunk) if chunk else parser.end()
-            for part in parts:
-                got_first = True
-                yield part
             if not chunk:
+                for part in parser.end():
+                    yield part
                 return
+            for start in range(0, len(chunk), SLICE_BYTES):
+                if start:
+                    await asyncio.sleep(0)  # other calls run between slices
+                for part in parser.feed(chunk[start : start + SLICE_BYTES]):
+                    got_first = True
+                    yield part
     finally:
         if response is not None:
             response.release()
+
+
+async def post_event(
+    session: aiohttp.ClientSession, url: str, payload: Mapping[str, Any], *, timeout: float
+) -> None:
+    """POST a fire-and-forget event (``call.ended``) and wait only for the status line.
+
+    The body is neither awaited nor parsed: an agent that streams a long answer to an event
+    nobody will hear is healthy, not slow (issue 12 item 5). The connection is closed rather
+    than drained. Raises :class:`AgentError` ``timeout`` (no status line within
+    ``timeout``), ``connect`` or ``http_status``.
+    """
+    body = orjson.dumps(payload if isinstance(payload, dict) else dict(payload))
+    headers = {"Content-Type": "application/json", "Accept": _ACCEPT}
+    try:
+        async with asyncio.timeout(timeout):
+            response = await session.post(url, data=body, headers=headers)
+    except TimeoutError:
+        raise AgentError("timeout", "no answer to the event") from None
+    except aiohttp.ClientError as exc:
+        raise AgentError("connect", f"{type(exc).__name__}: {exc}") from None
+    try:
+        if not 200 <= response.status < 300:
+            raise AgentError("http_status", f"HTTP {response.status}", status=response.status)
+    finally:
+        response.close()  # the body is not wanted: drop the connection instead of reading it

@@ -278,12 +278,12 @@ def test_plain_text_streams_and_survives_split_utf8() -> None:
     assert parser.form == "text"
 
 
-def test_too_large_reply_is_malformed() -> None:
+def test_too_large_reply_is_its_own_error_kind() -> None:
     parser = ReplyParser(max_bytes=100)
     parser.feed(b"x" * 60)
     with pytest.raises(AgentError) as info:
         parser.feed(b"x" * 60)
-    assert info.value.kind == "malformed"
+    assert info.value.kind == "too_large"
 
 
 @settings(max_examples=200, deadline=None)
