@@ -105,7 +105,7 @@ async def run(turns: int, pause_s: float) -> int:
     print(
         f"page-measured end of speech -> first audio heard: p50 {statistics.median(page_ms):.0f} ms"
         f" (min {min(page_ms)}, max {max(page_ms)}, {len(page_ms)} turns); "
-        f"underruns {state['underruns']}, barge-ins {state['interruptions']}"
+        f"underruns {state['underruns']}, barge-ins {len(state['interruptions'])}"
     )
     return 0
 

@@ -14,7 +14,7 @@
     callId: "",
     transcripts: [], // {turn, text}
     replies: [], // {turn, text}
-    interruptions: 0,
+    interruptions: [], // {turn, heard}: barge-ins, with what had been heard
     latencies: [], // {turn, ms}
     played: 0, // 16 kHz samples actually played
     cleared: 0, // samples dropped by "clear" (barge-in)
@@ -206,7 +206,7 @@
         break;
       }
       case "interrupted":
-        pub.interruptions += 1;
+        pub.interruptions.push({ turn: msg.turn, heard: msg.heard });
         addLine("interrupted", `(interrupted; heard: ${msg.heard || "nothing"})`);
         break;
       case "hangup":
