@@ -95,8 +95,8 @@ CALL_OUTCOMES: tuple[str, ...] = (
     "drained",
     "refused_draining",  # CallRegistry.refusal_reason(), prefixed "refused_"
     "refused_at_capacity",
-)
     "refused_speech_unavailable",  # the speech probe (Hamsa circuit) is down: server/health.py
+)
 # Reasons per transport (a transport missing here gets no pre-initialised reasons).
 # Reasons shared by the WebSocket transports (telephony/driver.py).
 _WS_MALFORMED: tuple[str, ...] = ("message_too_large", "second_start", "start_timeout")

@@ -299,6 +299,12 @@ async def _ws_handler(request: web.Request) -> web.StreamResponse:
         state.stats["ws_accepted"] += 1
         await ws.send_json(GREETING)
         await _serve_socket(request, ws, state)
+    except ConnectionError as exc:
+        # The client vanished mid-answer (a caller hung up and the gateway dropped its
+        # socket): the ordinary end of a call, not an error. ClientConnectionResetError
+        # ("Cannot write to closing transport") is a ConnectionResetError.
+        state.stats["client_gone"] += 1
+        log.debug("client went away during a request: %r", exc)
     finally:
         state.open_sockets.discard(ws)
     return ws
@@ -321,12 +327,6 @@ async def _serve_socket(request: web.Request, ws: web.WebSocketResponse, state: 
             continue
         try:
             message = json.loads(msg.data)
-    except ConnectionError as exc:
-        # The client vanished mid-answer (a caller hung up and the gateway dropped its
-        # socket): the ordinary end of a call, not an error. ClientConnectionResetError
-        # ("Cannot write to closing transport") is a ConnectionResetError.
-        state.stats["client_gone"] += 1
-        log.debug("client went away during a request: %r", exc)
         except ValueError:
             message = None
         if not isinstance(message, dict):

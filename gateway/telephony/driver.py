@@ -265,13 +265,13 @@ async def _drive(
         async for msg in ws:
             events = _decode(msg, protocol, bad)
             if events is None:
-                break
                 if msg.type is aiohttp.WSMsgType.ERROR and isinstance(
                     msg.data, aiohttp.WebSocketError
                 ):
                     # A protocol violation (e.g. a message over MAX_MESSAGE_BYTES): aiohttp
                     # has closed the socket with its code; the call ended in error.
                     session.outcome = "error"
+                break
             if pending_output is not None:
                 output = pending_output()
                 if output:
@@ -285,13 +285,13 @@ async def _drive(
             if end is not None:
                 await ws.close(code=CLOSE_NORMAL)
                 break
-    finally:
     except Exception as exc:
         # A bug inside the call (a conversation's on_event raised): end this call only,
         # as an error, logged once with the call id; never the process or another call.
         log.error("call failed: %r; ending it", exc, exc_info=exc)
         session.outcome = "error"
         close_code = CLOSE_INTERNAL_ERROR
+    finally:
         try:
             await session.aclose()
             if session.conversation is not None:
