@@ -87,7 +87,13 @@ def _decode_with_pydub(path: Path) -> tuple[bytes, int]:
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydub warns about ffmpeg/audioop at import time
-        from pydub import AudioSegment
+        try:
+            from pydub import AudioSegment
+        except ImportError:  # an optional dependency: the `audio` extra
+            raise AudioFileError(
+                f"install pydub to read {suffix} files ({path}): "
+                "pip install 'hamsa-voice-gateway[audio]'; WAV files need neither"
+            ) from None
     try:
         segment = AudioSegment.from_file(str(path))
     except Exception as exc:  # pydub raises CouldntDecodeError, OSError, IndexError, ...
