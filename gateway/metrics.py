@@ -92,6 +92,7 @@ CALL_OUTCOMES: tuple[str, ...] = (
     "caller_silent",
     "transferred",
     "agent_hangup",
+    "speech_unavailable",  # no working speech service for SPEECH_OUTAGE_HANGUP_SECONDS
     "drained",
     "refused_draining",  # CallRegistry.refusal_reason(), prefixed "refused_"
     "refused_at_capacity",
@@ -178,6 +179,10 @@ TURN_OUTCOMES: tuple[str, ...] = (
     "empty",
     "agent_error",
     "tts_error",
+)
+DROP_REASONS: tuple[str, ...] = (  # agent/voice.py bounds
+    "dtmf_buffer_full",  # digits beyond MAX_DTMF_DIGITS in one open entry
+    "job_queue_full",  # turns beyond MAX_QUEUED_JOBS waiting for the turn loop
 )
 AGENT_ERROR_KINDS: tuple[str, ...] = (  # agent.webhook.ERROR_KINDS
     "timeout",
@@ -351,6 +356,12 @@ class Metrics:
         self.turns = Counter(
             "gateway_turns_total", "Conversation turns by outcome.", ["outcome"], registry=r
         )
+        self.dropped_input = Counter(
+            "gateway_dropped_input_total",
+            "Caller input dropped by a per-call bound (DTMF digits, queued turns).",
+            ["reason"],
+            registry=r,
+        )
         self.interruptions = Counter(
             "gateway_interruptions_total",
             "Barge-ins: caller spoke over the agent.",
@@ -403,6 +414,8 @@ class Metrics:
             self.agent_errors.labels(kind)
         for outcome in TURN_OUTCOMES:
             self.turns.labels(outcome)
+        for reason in DROP_REASONS:
+            self.dropped_input.labels(reason)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record one stage latency; ``stage`` must be one of :data:`STAGES`."""

@@ -21,9 +21,22 @@ class DtmfCollector:
     collected, or when ``inter_digit_timeout_ms`` passes after the last digit. A terminator
     pressed with nothing collected is returned alone (e.g. "#" as "skip"), so it is never
     lost. Unknown keys are ignored and counted in ``ignored``.
+
+    Memory is bounded: an open entry holds at most ``max_pending`` digits (default 64, far
+    above any PIN or phone number); further digits are dropped and counted in ``dropped``
+    until the entry closes (a DTMF flood must not grow a call without end: issue 10 item 3).
     """
 
-    __slots__ = ("_digits", "_last", "_max_digits", "_terminators", "_timeout", "ignored")
+    __slots__ = (
+        "_digits",
+        "_last",
+        "_max_digits",
+        "_max_pending",
+        "_terminators",
+        "_timeout",
+        "dropped",
+        "ignored",
+    )
 
     def __init__(
         self,
@@ -31,15 +44,20 @@ class DtmfCollector:
         terminators: str = "#",
         *,
         max_digits: int | None = None,
+        max_pending: int = 64,
     ) -> None:
         if inter_digit_timeout_ms <= 0:
             raise ValueError("inter_digit_timeout_ms must be positive")
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
         self._timeout = inter_digit_timeout_ms / 1000.0
         self._terminators = frozenset(terminators)
         self._max_digits = max_digits
+        self._max_pending = max_pending
         self._digits: list[str] = []
         self._last = 0.0
         self.ignored = 0
+        self.dropped = 0
 
     @property
     def pending(self) -> str:
@@ -71,6 +89,9 @@ class DtmfCollector:
             entry = self.pending or key
             self._digits.clear()
             return entry
+        if len(self._digits) >= self._max_pending:
+            self.dropped += 1  # the entry stays open (and keeps its deadline) until it ends
+            return None
         self._digits.append(key)
         self._last = now
         if self._max_digits is not None and len(self._digits) >= self._max_digits:

@@ -24,7 +24,7 @@ class TurnRecord:
     """
 
     turn: int
-    kind: str  # "greeting" | "utterance" | "dtmf" | "reprompt"
+    kind: str  # "greeting" | "utterance" | "dtmf" | "reprompt" | "fallback" (speech outage)
     transcript: str = ""
     reply: str = ""
     interrupted: bool = False

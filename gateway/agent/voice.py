@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.agent.audio_io import InboundConverter, OutboundConverter
-from gateway.agent.brains import Brain
+from gateway.agent.brains import Brain, Notifier
 from gateway.agent.dtmf import DtmfCollector
 from gateway.agent.endpointing import (
     Endpointer,
@@ -40,6 +40,7 @@ from gateway.agent.endpointing import (
     SustainedSpeech,
     UtteranceEnded,
 )
+from gateway.agent.fallback import CLIP_RATE, fallback_clip
 from gateway.agent.playout import (
     UNDERRUN_TOLERANCE,
     DeliveryModel,
@@ -84,6 +85,11 @@ log = logging.getLogger(__name__)
 FRAME_MS = 20
 TICK_SECONDS = 0.25  # timer resolution for DTMF timeouts and re-prompts
 FINISH_TIMEOUT = 3.0  # bound on call.ended + record write after the call
+# Turns waiting for the turn loop (a turn runs one at a time). Callers cannot queue more than
+# a few by speaking; a DTMF flood could queue without end: beyond this, jobs are dropped
+# (gateway_dropped_input_total{reason="job_queue_full"}, issue 10 item 3).
+MAX_QUEUED_JOBS = 8
+MAX_DTMF_DIGITS = 64  # digits of one open DTMF entry; more are dropped (dtmf_buffer_full)
 HANGUP_GRACE_SECONDS = 2.0  # extra wait for the last mark before an agent-asked hang-up
 # Flush the resampler's held-back tail when less than this is queued ahead of playback.
 FLUSH_BELOW_SECONDS = 0.3
@@ -236,8 +242,17 @@ class VoiceAgentConversation:
             max_utterance_ms=settings.max_utterance_ms,
             barge_in_min_ms=settings.barge_in_min_ms,
         )
-        self._dtmf = DtmfCollector(settings.dtmf_timeout_ms)
-        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._dtmf = DtmfCollector(settings.dtmf_timeout_ms, max_pending=MAX_DTMF_DIGITS)
+        self._jobs: asyncio.Queue[Job] = asyncio.Queue(MAX_QUEUED_JOBS)
+        self._drops_logged: set[str] = set()
+        # The turn whose outcome is not counted yet: a reply still playing can still be
+        # interrupted, so gateway_turns_total counts it once it can no longer change, and
+        # then agrees with the call record (issue 10 item 19).
+        self._unsettled: TurnRecord | None = None
+        # Speech outage (issue 10 item 2): since when STT/TTS keep failing, and whether the
+        # call is being ended for it.
+        self._speech_down_since: float | None = None
+        self._ending = False
         self._turn_task: asyncio.Task[None] | None = None
         self._reply: Reply | None = None
         self._turn = 0
@@ -295,9 +310,12 @@ class VoiceAgentConversation:
         elif isinstance(event, Dtmf):
             now = time.monotonic()
             self._last_activity = now
+            dropped = self._dtmf.dropped
             entry = self._dtmf.push(event.digit, now)
+            if self._dtmf.dropped != dropped:
+                self._dropped("dtmf_buffer_full")
             if entry:
-                self._jobs.put_nowait(Job("dtmf", digits=entry))
+                self._enqueue(Job("dtmf", digits=entry))
 
     def _on_endpoint(self, event: object) -> None:
         now = time.monotonic()
@@ -313,7 +331,7 @@ class VoiceAgentConversation:
             self._session.observe("speech_end", stream_ms=event.speech_end_ms)
             speech_end = now - (event.at_ms - event.speech_end_ms) / 1000.0
             self._metrics.observe_stage("endpointing", event.trailing_silence_ms / 1000.0)
-            self._jobs.put_nowait(
+            self._enqueue(
                 Job(
                     "utterance",
                     pcm=event.pcm,
@@ -337,6 +355,8 @@ class VoiceAgentConversation:
             self._metrics.observe_stage("heard", heard)
         if reply.all_played.is_set():
             self._last_activity = now
+            if self._turn_task is None:
+                self._settle(reply.record)  # heard to the end: it can no longer change
 
     def _interrupt(self, onset: float) -> None:
         """Barge-in: the caller speaks over the agent (or while it is still thinking).
@@ -366,7 +386,9 @@ class VoiceAgentConversation:
         else:
             return
         if running and task is not None:
-            task.cancel()
+            task.cancel()  # the turn settles its outcome as it ends
+        else:
+            self._settle(reply.record)
 
     async def _clear(self, onset: float) -> None:
         await self._session.send(ClearAudio())
@@ -378,7 +400,7 @@ class VoiceAgentConversation:
     async def run(self) -> None:
         self._session.spawn(self._ticker(), "ticker")
         self._session.spawn(self._speech.prepare(), "speech-prepare")
-        self._jobs.put_nowait(Job("greeting"))
+        self._enqueue(Job("greeting"))
         while True:
             job = await self._jobs.get()
             task = self._session.spawn(self._run_turn(job), "turn")
@@ -393,7 +415,12 @@ class VoiceAgentConversation:
             now = time.monotonic()
             entry = self._dtmf.poll(now)
             if entry:
-                self._jobs.put_nowait(Job("dtmf", digits=entry))
+                self._enqueue(Job("dtmf", digits=entry))
+            outage = self._settings.speech_outage_hangup_seconds
+            down = self._speech_down_since
+            if outage > 0 and down is not None and now - down >= outage:
+                await self._end_for_speech_outage(now - down)
+                return
             after = self._settings.reprompt_after
             if after <= 0 or self._busy() or self._endpointer.in_speech:
                 continue
@@ -404,7 +431,7 @@ class VoiceAgentConversation:
                     log.info("caller silent after %d re-prompts", self._settings.reprompt_max)
                     self._session.hangup("caller_silent", outcome="caller_silent")
                     return
-                self._jobs.put_nowait(Job("reprompt"))
+                self._enqueue(Job("reprompt"))
 
     def _busy(self) -> bool:
         """A turn is running, queued, or its reply is still playing."""
@@ -412,10 +439,36 @@ class VoiceAgentConversation:
             return True
         return self._reply is not None and self._reply.speaking
 
+    def _enqueue(self, job: Job) -> None:
+        """Queue work for the turn loop; a full queue drops the job (counted, logged once)."""
+        if self._ending:
+            return
+        try:
+            self._jobs.put_nowait(job)
+        except asyncio.QueueFull:
+            self._dropped("job_queue_full")
+
+    def _dropped(self, reason: str) -> None:
+        """Caller input dropped by a per-call bound: counted always, logged once per call."""
+        self._metrics.dropped_input.labels(reason).inc()
+        if reason not in self._drops_logged:
+            self._drops_logged.add(reason)
+            log.warning("caller input dropped (%s); further drops are only counted", reason)
+
+    def _settle(self, record: TurnRecord | None) -> None:
+        """Count ``record``'s outcome in gateway_turns_total, once, when it is final."""
+        if record is not None and record is self._unsettled:
+            self._unsettled = None
+            self._metrics.turns.labels(record.outcome).inc()
+
     async def _run_turn(self, job: Job) -> None:
+        self._settle(self._unsettled)  # the previous reply is no longer interruptible
+        if self._ending:
+            return
         self._turn += 1
         record = TurnRecord(turn=self._turn, kind=job.kind)
         self.record.turns.append(record)
+        self._unsettled = record
         reply = Reply(turn=self._turn, speech_end=job.speech_end, record=record)
         self._reply = reply
         self._hangup_after_reply = False
@@ -431,7 +484,8 @@ class VoiceAgentConversation:
                 record.outcome = "cancelled"
             raise
         finally:
-            self._metrics.turns.labels(record.outcome).inc()
+            if reply.cancelled or not reply.speaking:
+                self._settle(record)  # else when heard to the end, interrupted, or next turn
         if self._hangup_after_reply and not reply.cancelled:
             await self._hang_up_after(reply)
 
@@ -476,7 +530,9 @@ class VoiceAgentConversation:
         except HamsaError as exc:
             record.outcome = "stt_error"
             log.warning("STT failed: %s", exc)
+            self._speech_failed()
             return None, self._settings.agent_fallback_text
+        self._speech_down_since = None  # the speech service answers
         stt_seconds = time.monotonic() - started
         record.timings["stt"] = round(stt_seconds, 3)
         text = " ".join(p for p in (self._carry_text, text.strip()) if p)
@@ -505,6 +561,13 @@ class VoiceAgentConversation:
                 await self._ask_agent(request, reply, sentences)
             sentences.put_nowait(None)
             await speaker  # TTS failures are handled per sentence inside _speak
+            if reply.record.outcome == "tts_error":
+                self._speech_failed()
+                if reply.first_audio_at is None and not reply.cancelled:
+                    # The caller heard nothing: the apology, without the failing TTS.
+                    await self._play_clip(reply)
+            elif reply.first_audio_at is not None:
+                self._speech_down_since = None  # TTS spoke
         finally:
             if not speaker.done():
                 speaker.cancel()
@@ -514,38 +577,67 @@ class VoiceAgentConversation:
     async def _ask_agent(
         self, request: AgentRequest, reply: Reply, sentences: asyncio.Queue[str | None]
     ) -> None:
+        """Stream the agent's reply into ``sentences`` as they are cut.
+
+        The first *speakable sentence* must be ready within ``AGENT_TIMEOUT``, not just the
+        first text: an agent trickling characters would otherwise hold the caller in silence
+        until the whole-reply deadline (issue 10 item 8). On that timeout or an agent error
+        before anything was queued, what text there is and the fallback phrase are spoken;
+        the greeting (``call.started``) stays silent instead, since an apology is no greeting
+        (issue 12 item 6). Failures are counted (``gateway_agent_errors_total{kind}``) and
+        logged once. The record's ``reply`` holds what was spoken, fallback included.
+        """
         splitter = SentenceSplitter()
         started = time.monotonic()
+        limit = self._settings.agent_timeout
         parts: list[str] = []
         spoke = False
+        fallback = ""
         try:
-            async for part in self._brain.reply(request):
-                if isinstance(part, TextDelta):
-                    if not parts:
-                        first = time.monotonic() - started
-                        reply.record.timings["agent_first_text"] = round(first, 3)
-                        self._metrics.observe_stage("agent_first_text", first)
-                    parts.append(part.text)
-                    for sentence in splitter.push(part.text):
-                        sentences.put_nowait(sentence)
-                        spoke = True
-                elif isinstance(part, Action):
-                    self._on_action(part)
+            async with asyncio.timeout(limit) as first_sentence:
+                replies = self._brain.reply(request)
+                try:
+                    async for part in replies:
+                        if isinstance(part, TextDelta):
+                            if not parts:
+                                first = time.monotonic() - started
+                                reply.record.timings["agent_first_text"] = round(first, 3)
+                                self._metrics.observe_stage("agent_first_text", first)
+                            parts.append(part.text)
+                            for sentence in splitter.push(part.text):
+                                sentences.put_nowait(sentence)
+                                if not spoke:
+                                    spoke = True
+                                    first_sentence.reschedule(None)  # the rest may take long
+                        elif isinstance(part, Action):
+                            self._on_action(part)
+                finally:
+                    aclose = getattr(replies, "aclose", None)
+                    if aclose is not None:
+                        await aclose()  # release the agent's connection at once
             for sentence in splitter.flush():
                 sentences.put_nowait(sentence)
                 spoke = True
             total = time.monotonic() - started
             reply.record.timings["agent_total"] = round(total, 3)
             self._metrics.observe_stage("agent_total", total)
-        except AgentError as exc:
-            self._metrics.agent_errors.labels(exc.kind).inc()
-            log.warning("agent failed (%s)%s", exc.kind, f": {exc.detail}" if exc.detail else "")
+        except (AgentError, TimeoutError) as exc:
+            if isinstance(exc, AgentError):
+                kind, detail = exc.kind, exc.detail
+            else:
+                kind, detail = "timeout", f"no speakable sentence within {limit:g} s"
+            self._metrics.agent_errors.labels(kind).inc()
             reply.record.outcome = "agent_error"
-            if not spoke:
-                for sentence in splitter.flush():
-                    sentences.put_nowait(sentence)
-                sentences.put_nowait(self._settings.agent_fallback_text)
-        reply.record.reply = "".join(parts)
+            if request.event == "call.started":
+                log.warning("agent greeting failed (%s): %s; no greeting", kind, detail)
+            else:
+                log.warning("agent failed (%s)%s", kind, f": {detail}" if detail else "")
+                if not spoke:
+                    for sentence in splitter.flush():
+                        sentences.put_nowait(sentence)
+                    fallback = self._settings.agent_fallback_text
+                    sentences.put_nowait(fallback)
+        reply.record.reply = " ".join(p for p in ("".join(parts).strip(), fallback) if p)
 
     def _on_action(self, action: Action) -> None:
         """Agent call control, carried out once the current reply has been heard."""
@@ -699,10 +791,77 @@ class VoiceAgentConversation:
             return
         self._session.hangup("agent_hangup", outcome="agent_hangup")
 
+    # ------------------------------------------------------------- speech outage
+
+    def _speech_failed(self) -> None:
+        """STT or TTS failed (after the speech session's own retries and REST fallback)."""
+        if self._speech_down_since is None:
+            self._speech_down_since = time.monotonic()
+
+    async def _play_clip(self, reply: Reply) -> None:
+        """Play the shipped fallback clip (``gateway.agent.fallback``) as ``reply``'s audio.
+
+        No TTS is involved, so the caller hears an apology while the speech service is
+        down. The clip is one sentence with its own mark, so barge-in and "heard" work.
+        """
+        converter = OutboundConverter(CLIP_RATE, self._format)
+        audio = converter.process(fallback_clip()) + converter.flush()
+        now = time.monotonic()
+        seconds = len(audio) / self._format.bytes_per_ms() / 1000.0
+        reply.all_played.clear()
+        if reply.first_audio_at is None:
+            reply.first_audio_at = now
+        await self._session.send(PlayAudio(audio))
+        self._playout.sent(seconds, now)
+        name = f"t{reply.turn}.fallback"
+        text = self._settings.agent_fallback_text
+        reply.sentences.append(SpokenSentence(name, text, seconds * 1000.0))
+        self._mark_sent_at[name] = time.monotonic()
+        await self._session.send(SetMark(name))
+        reply.mark_sending_done()
+        log.info("speech service failed: played the fallback clip (turn %d)", reply.turn)
+
+    async def _end_for_speech_outage(self, down_for: float) -> None:
+        """No working speech service for SPEECH_OUTAGE_HANGUP_SECONDS: stop the turn in
+        progress, play the clip once more (unless the caller is hearing it now), wait until
+        it has been heard (bounded), and hang up with outcome ``speech_unavailable``."""
+        self._ending = True
+        log.warning(
+            "no speech service for %.0f s: ending the call with the fallback clip", down_for
+        )
+        task = self._turn_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        reply = self._reply
+        if reply is None or not (reply.speaking and reply.text):
+            self._turn += 1
+            record = TurnRecord(turn=self._turn, kind="fallback", outcome="tts_error")
+            self.record.turns.append(record)
+            self._settle(self._unsettled)
+            self._unsettled = record
+            self._settle(record)  # final: counted with the outcome the record shows
+            reply = Reply(turn=self._turn, speech_end=None, record=record)
+            self._reply = reply
+            await self._session.send(ClearAudio())
+            self._playout.reset(time.monotonic())
+            await self._play_clip(reply)
+            record.reply = self._settings.agent_fallback_text
+        remaining = sum(s.audio_ms for s in reply.sentences if not s.played) / 1000.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reply.all_played.wait(), remaining + HANGUP_GRACE_SECONDS)
+        self._session.hangup("speech_unavailable", outcome="speech_unavailable")
+
     # ------------------------------------------------------------------- finish
 
     async def finish(self) -> None:
-        """After the call: give speech sockets back, write the record, tell the agent."""
+        """After the call: give speech sockets back, write the record, tell the agent.
+
+        ``call.ended`` is fire and forget: a brain that can :class:`Notifier`-deliver it is
+        only waited for until the agent acknowledges (status line), never for a reply body
+        (issue 12 item 5).
+        """
+        self._settle(self._unsettled)
         self.record.duration_seconds = round(self._session.duration_seconds, 3)
         self.record.outcome = self._session.outcome
         with contextlib.suppress(Exception):
@@ -713,8 +872,11 @@ class VoiceAgentConversation:
         request = self._request("call.ended", record=self.record.to_dict())
         try:
             async with asyncio.timeout(FINISH_TIMEOUT):
-                async for _ in self._brain.reply(request):
-                    pass  # call.ended replies are not spoken: the call is over
+                if isinstance(self._brain, Notifier):
+                    await self._brain.notify(request, FINISH_TIMEOUT)
+                else:
+                    async for _ in self._brain.reply(request):
+                        pass  # call.ended replies are not spoken: the call is over
         except (AgentError, TimeoutError) as exc:
             kind = exc.kind if isinstance(exc, AgentError) else "timeout"
             self._metrics.agent_errors.labels(kind).inc()
