@@ -9,10 +9,14 @@ wire format) whose first token comes 300 ms after the request and whose text the
 Measured: end of the caller's speech -> first reply audio *heard* by the caller (the caller
 plays audio in real time, as a phone does), plus the gateway's own stage timings from the call
 record. "Gateway-added" is the turn latency (first audio sent) minus endpointing, STT, the
-stand-in's time to a complete first sentence (the first text TTS can take) and TTS first
+stand-in's time from receiving the request to writing the piece that completes the first
+sentence (the first text TTS can take; measured by the stand-in, same clock) and TTS first
 audio.
 
-Run: ``.venv/bin/python -m bench.bench_llm_turn [--turns 5]`` (about 8 s per turn).
+Run: ``.venv/bin/python -m bench.bench_llm_turn [--turns 5] [--no-adaptive-playout]`` (about
+8 s per turn). With the default ``PLAYOUT_ADAPTIVE=true`` the gateway holds each sentence's
+start as long as the learned TTS delivery rate needs for gap-free playout; that hold is part
+of "gateway-added".
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from gateway.sim.speech_synth import synthetic_speech
 from gateway.sim.twilio_caller import TwilioCaller
 from telecodecs.g711 import pcm16_to_ulaw
 from telecodecs.resample import resample
-from tests.agent.fake_openai import Answer, make_openai_app
+from tests.agent.fake_openai import OPENAI_REQUESTS_KEY, Answer, make_openai_app
 from tests.conftest import make_settings
 
 FIRST_TOKEN = 0.3
@@ -53,24 +57,25 @@ REPLY = (
 )
 
 
-def first_sentence_ready() -> float:
-    """Seconds after the request at which the stand-in has sent a whole first sentence
-    (the splitter cuts once it has seen the character after the sentence's end)."""
+def first_sentence_piece() -> int:
+    """Index of the stand-in's piece that completes the first sentence (the splitter cuts
+    once it has seen the character after the sentence's end)."""
     splitter = SentenceSplitter()
-    for index in range(0, len(REPLY), PIECE_CHARS):
+    for piece, index in enumerate(range(0, len(REPLY), PIECE_CHARS)):
         if splitter.push(REPLY[index : index + PIECE_CHARS]):
-            return FIRST_TOKEN + (index // PIECE_CHARS) * PIECE_SECONDS
-    return FIRST_TOKEN + (len(REPLY) // PIECE_CHARS) * PIECE_SECONDS
+            return piece
+    return len(REPLY) // PIECE_CHARS
 
 
-async def run(turns: int) -> dict[str, Any]:
+async def run(turns: int, adaptive: bool = True) -> dict[str, Any]:
     sim_port, llm_port, gw_port = free_port(), free_port(), free_port()
     record = Path(tempfile.mkdtemp()) / "calls.jsonl"
     sim = await serve(create_sim_app(SimConfig(stt_script=("أريد أن أعرف أين طلبي",))), sim_port)
     answer = Answer(
         REPLY, first_token_delay=FIRST_TOKEN, piece_chars=PIECE_CHARS, chunk_delay=PIECE_SECONDS
     )
-    llm = await serve(make_openai_app([answer], api_key="bench-key"), llm_port)
+    llm_app = make_openai_app([answer], api_key="bench-key")
+    llm = await serve(llm_app, llm_port)
     settings = make_settings(
         port=gw_port,
         public_url=f"http://127.0.0.1:{gw_port}",
@@ -83,6 +88,7 @@ async def run(turns: int) -> dict[str, Any]:
         greeting_text="أهلا وسهلا، كيف يمكنني مساعدتك اليوم؟",
         reprompt_after=0,
         call_record_path=str(record),
+        playout_adaptive=adaptive,
     )
     gateway = await serve(create_app(settings), gw_port)
     speech = pcm16_to_ulaw(resample(synthetic_speech("أريدأنأعرفأينطلبي"), 16000, 8000))
@@ -117,29 +123,39 @@ async def run(turns: int) -> dict[str, Any]:
     await asyncio.sleep(0.2)
     data = json.loads(record.read_text(encoding="utf-8").splitlines()[-1])
     results = [t["timings"] for t in data["turns"] if t["kind"] == "utterance"]
-    return {"turns": results, "heard": heard}
+    piece = first_sentence_piece()
+    ready = [q["content_at"][piece] - q["received_at"] for q in llm_app[OPENAI_REQUESTS_KEY]]
+    return {"turns": results, "heard": heard, "ready": ready}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument(
+        "--no-adaptive-playout",
+        action="store_true",
+        help="PLAYOUT_ADAPTIVE=false: send TTS audio as it arrives (isolates the agent path)",
+    )
     args = parser.parse_args()
-    result = asyncio.run(run(args.turns))
-    ready = first_sentence_ready()
+    result = asyncio.run(run(args.turns, adaptive=not args.no_adaptive_playout))
     print(f"machine: {machine_summary()}")
-    print(f"stand-in: first token {FIRST_TOKEN:.3f} s, first sentence complete {ready:.3f} s")
     print(
-        f"{'turn':<5}{'endpoint':>9}{'stt':>7}{'llm 1st':>9}{'tts 1st':>9}"
+        f"stand-in: first token after {FIRST_TOKEN:.3f} s, then {PIECE_CHARS} characters "
+        f"every {PIECE_SECONDS * 1000:.0f} ms ('llm sent.' = first sentence complete)"
+    )
+    print(
+        f"{'turn':<5}{'endpoint':>9}{'stt':>7}{'llm 1st':>9}{'llm sent.':>10}{'tts 1st':>9}"
         f"{'sent':>7}{'heard gw':>9}{'HEARD':>8}{'added':>9}"
     )
     added: list[float] = []
-    for i, (t, h) in enumerate(zip(result["turns"], result["heard"], strict=False), 1):
+    rows = zip(result["turns"], result["heard"], result["ready"], strict=False)
+    for i, (t, h, ready) in enumerate(rows, 1):
         extra = t["turn"] - (t["endpointing"] + t["stt"] + ready + t["tts_first_audio"])
         added.append(extra)
         print(
             f"{i:<5}{t['endpointing']:>9.3f}{t['stt']:>7.3f}{t['agent_first_text']:>9.3f}"
-            f"{t['tts_first_audio']:>9.3f}{t['turn']:>7.3f}{t.get('heard', float('nan')):>9.3f}"
-            f"{h:>8.3f}{extra * 1000:>7.1f}ms"
+            f"{ready:>10.3f}{t['tts_first_audio']:>9.3f}{t['turn']:>7.3f}"
+            f"{t.get('heard', float('nan')):>9.3f}{h:>8.3f}{extra * 1000:>7.1f}ms"
         )
     if result["heard"]:
         print(

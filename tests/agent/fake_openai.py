@@ -23,7 +23,9 @@ Ollama and llama.cpp server send it):
 of the request body. With ``api_key`` set, a request without ``Authorization: Bearer
 <api_key>`` gets the 401 error, whose message echoes the key it was given in full (worse than
 OpenAI, which masks it, so a test can prove the gateway never logs it).
-``app[OPENAI_REQUESTS_KEY]`` records each request as ``{"body": ..., "authorization": ...}``.
+``app[OPENAI_REQUESTS_KEY]`` records each request as ``{"body", "authorization",
+"received_at", "content_at"}`` (monotonic times: arrival, and when each content piece was
+written, for benchmarks).
 """
 
 from __future__ import annotations
@@ -132,7 +134,13 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     app = request.app
     authorization = request.headers.get("Authorization", "")
     body = orjson.loads(await request.read())
-    app[OPENAI_REQUESTS_KEY].append({"body": body, "authorization": authorization})
+    log: dict[str, Any] = {
+        "body": body,
+        "authorization": authorization,
+        "received_at": time.monotonic(),
+        "content_at": [],
+    }
+    app[OPENAI_REQUESTS_KEY].append(log)
     expected = app[_API_KEY]
     if expected and authorization != f"Bearer {expected}":
         given = authorization.removeprefix("Bearer ")
@@ -146,7 +154,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     model = body.get("model", "")
     if not body.get("stream"):
         return _whole(answer, model)
-    return await _stream(request, answer, model)
+    return await _stream(request, answer, model, log["content_at"])
 
 
 def _whole(answer: Answer, model: str) -> web.Response:
@@ -173,7 +181,9 @@ def _whole(answer: Answer, model: str) -> web.Response:
     return web.Response(body=orjson.dumps(obj), content_type="application/json")
 
 
-async def _stream(request: web.Request, answer: Answer, model: str) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, answer: Answer, model: str, content_at: list[float]
+) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     response.headers["Cache-Control"] = "no-cache"
     await response.prepare(request)
@@ -205,6 +215,7 @@ async def _stream(request: web.Request, answer: Answer, model: str) -> web.Strea
         if count:
             await asyncio.sleep(answer.chunk_delay)
         await response.write(chunk({"content": piece}))
+        content_at.append(time.monotonic())
     for extra in answer.extra_chunks:
         await response.write(b"data: " + orjson.dumps(extra) + b"\n\n")
     if answer.stream_error is not None:
