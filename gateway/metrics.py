@@ -72,6 +72,7 @@ STAGES: tuple[str, ...] = (
     "barge_in_reaction",  # caller speech onset during playout -> clear sent
     "mark_round_trip",  # mark sent -> echoed by the carrier (playback delay)
     "hamsa_connect",  # opening a Hamsa realtime socket
+    "playout_hold",  # first TTS audio -> reply start, held by the playout scheduler
 )
 # The stages a caller feels (the dashboard's first latency panel, the latency alerts) and the
 # internal ones that explain them. Together they are exactly STAGES (tests/test_metrics.py).
@@ -322,6 +323,19 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08),
             registry=r,
         )
+        # --- playout (gateway/agent/playout.py)
+        self.playout_underruns = Counter(
+            "gateway_playout_underruns_total",
+            "Times the carrier ran out of reply audio inside a sentence (a dropout heard).",
+            ["transport"],
+            registry=r,
+        )
+        self.playout_underrun_seconds = Counter(
+            "gateway_playout_underrun_seconds_total",
+            "Silence inserted inside sentences by playout underruns.",
+            ["transport"],
+            registry=r,
+        )
         # --- hamsa
         self.hamsa_connections = Counter(
             "gateway_hamsa_connections_total",
@@ -385,6 +399,8 @@ class Metrics:
         for transport in TRANSPORTS:
             self.active_calls.labels(transport)
             self.interruptions.labels(transport)
+            self.playout_underruns.labels(transport)
+            self.playout_underrun_seconds.labels(transport)
             for outcome in CALL_OUTCOMES:
                 self.calls.labels(transport, outcome)
             for direction in DIRECTIONS:

@@ -31,6 +31,8 @@ class TurnRecord:
     heard: str | None = None
     outcome: str = "ok"
     timings: dict[str, float] = field(default_factory=dict)
+    underruns: int = 0  # times the carrier ran dry inside a sentence (gateway/agent/playout.py)
+    underrun_ms: float = 0.0  # silence those underruns inserted
 
 
 @dataclass(slots=True)

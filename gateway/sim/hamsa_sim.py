@@ -54,7 +54,7 @@ import struct
 import weakref
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
@@ -100,6 +100,9 @@ class SimConfig:
     first_audio_delay: float = 0.3  # seconds from request to first audio frame
     realtime_factor: float = 3.0  # audio seconds synthesized per wall-clock second
     first_frame_bytes: int = 16018  # §1.4 OBSERVED first frame
+    # When above first_frame_bytes: each first frame is drawn uniformly from
+    # [first_frame_bytes, first_frame_bytes_max] (§1.4 saw 7,398 and 16,018 bytes).
+    first_frame_bytes_max: int = 0
     frame_bytes_min: int = 32768  # §1.4 OBSERVED later frames: 32-64 KB
     frame_bytes_max: int = 65536
     stt_delay: float = 0.3  # seconds from STT request to transcript
@@ -124,6 +127,22 @@ class SimConfig:
     seed: int = 1
     espeak: str | None = None  # espeak-ng path; None finds it on PATH, "" disables it
     ms_per_char: float = 70.0  # length of the synthetic voice per character
+
+
+# The TTS delivery pattern measured on real Hamsa calls (issue 11; hamsa.md §1.4): a small
+# first frame (16,018 bytes: 0.5 s of audio), then 1-2 s frames arriving about 3 times as
+# fast as they play. Without a playout scheduler a reply's second frame often lands after
+# its first has played out: the 80-300 ms dropout 0.4-0.5 s into a prompt heard on real
+# calls. The playout scheduler (gateway/agent/playout.py) is benchmarked against it.
+OBSERVED_DELIVERY: dict[str, float] = {
+    "first_audio_delay": 0.28,
+    "first_frame_bytes": 16018,
+    "first_frame_bytes_max": 0,
+    "frame_bytes_min": 32768,
+    "frame_bytes_max": 65536,
+    "realtime_factor": 3.0,
+}
+DELIVERY_PRESETS: dict[str, dict[str, float]] = {"default": {}, "observed": OBSERVED_DELIVERY}
 
 
 @dataclass(slots=True)
@@ -195,7 +214,10 @@ SIM_STATE = web.AppKey("hamsa_sim_state", SimState)
 
 def _frame_sizes(total: int, config: SimConfig, rng: random.Random, scale: float) -> Iterator[int]:
     """Observed frame sizes (§1.4): ~16 KB first, then 32-64 KB, scaled for μ-law."""
-    first = max(2, int(config.first_frame_bytes * scale) // 2 * 2)
+    first_bytes = config.first_frame_bytes
+    if config.first_frame_bytes_max > first_bytes:
+        first_bytes = rng.randint(first_bytes, config.first_frame_bytes_max)
+    first = max(2, int(first_bytes * scale) // 2 * 2)
     lo = max(2, int(config.frame_bytes_min * scale))
     hi = max(lo, int(config.frame_bytes_max * scale))
     sent = 0
@@ -725,12 +747,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     for name in (
         "first_frame_bytes",
+        "first_frame_bytes_max",
         "frame_bytes_min",
         "frame_bytes_max",
         "rest_chunk_bytes",
         "seed",
     ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.add_argument(
+        "--delivery",
+        choices=sorted(DELIVERY_PRESETS),
+        default="default",
+        help="TTS delivery preset; 'observed' = real Hamsa's small first frame then 1-2 s "
+        "frames (overrides the frame-size, first-audio and realtime-factor knobs)",
+    )
     p.add_argument("--riff-header", action="store_true", help="RIFF header on WS TTS audio")
     p.add_argument("--wallet-empty", action="store_true")
     p.add_argument("--thinking-on-eos", action="store_true", help="[THINKING] when EOS is on")
@@ -766,6 +796,7 @@ def sim_main(argv: list[str]) -> int:
         ping_interval=args.ping_interval,
         ms_per_char=args.ms_per_char,
         first_frame_bytes=args.first_frame_bytes,
+        first_frame_bytes_max=args.first_frame_bytes_max,
         frame_bytes_min=args.frame_bytes_min,
         frame_bytes_max=args.frame_bytes_max,
         rest_chunk_bytes=args.rest_chunk_bytes,
@@ -778,6 +809,17 @@ def sim_main(argv: list[str]) -> int:
         stt_script=script,
         espeak="" if args.no_espeak else None,
     )
+    preset = DELIVERY_PRESETS[args.delivery]
+    if preset:
+        config = replace(
+            config,
+            first_audio_delay=preset["first_audio_delay"],
+            first_frame_bytes=int(preset["first_frame_bytes"]),
+            first_frame_bytes_max=int(preset["first_frame_bytes_max"]),
+            frame_bytes_min=int(preset["frame_bytes_min"]),
+            frame_bytes_max=int(preset["frame_bytes_max"]),
+            realtime_factor=preset["realtime_factor"],
+        )
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):

@@ -476,6 +476,21 @@ def loadtest_main(argv: list[str]) -> int:
         default=0.2,
         help="agent mode: share of turns the caller talks over the reply",
     )
+    parser.add_argument(
+        "--delivery",
+        choices=("default", "observed"),
+        default="default",
+        help="agent mode: the simulator's TTS delivery pattern ('observed' = real Hamsa's "
+        "small first frame then 1-2 s frames, see gateway sim-hamsa --delivery)",
+    )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the spawned gateway (repeatable), e.g. "
+        "PLAYOUT_SAFETY_MS=40",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the result as JSON here")
     args = parser.parse_args(argv)
     procs: list[subprocess.Popen[bytes]] = []
@@ -502,6 +517,8 @@ def loadtest_main(argv: list[str]) -> int:
                         str(sim_port),
                         "--first-audio-delay",
                         "0.28",
+                        "--delivery",
+                        args.delivery,
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -516,6 +533,11 @@ def loadtest_main(argv: list[str]) -> int:
                 "CALL_RECORD_PATH": record_path,
                 "REPROMPT_AFTER": "0",
             }
+        for item in args.gateway_env:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                parser.error(f"--gateway-env wants NAME=VALUE, got {item!r}")
+            extra[name] = value
         proc = _spawn_gateway(port, extra)
         procs.append(proc)
         url, pid = f"http://127.0.0.1:{port}", proc.pid

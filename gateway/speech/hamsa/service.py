@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.agent.playout import DeliveryModel
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.speech.hamsa.client import Backoff, Endpoint, HamsaConnection
@@ -68,6 +69,9 @@ class HamsaService:
         self._rng = rng
         self._clock = clock
         self.gate = FallbackGate(settings.hamsa_rest_fallback_after, probe_interval, clock)
+        # Process-wide TTS delivery model (gateway/agent/playout.py); each call's session
+        # learns into a child of it.
+        self.delivery = DeliveryModel()
         self._sim_runner: web.AppRunner | None = None
         self._pool: HamsaPool | None = None
         self._rest: HamsaRest | None = None
@@ -170,6 +174,7 @@ class HamsaService:
             sleep=self._sleep,
             rng=self._rng,
             clock=self._clock,
+            delivery=self.delivery,
         )
 
     def status(self) -> dict[str, Any]:

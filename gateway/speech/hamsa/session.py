@@ -37,6 +37,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from gateway.agent.playout import DeliveryModel
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.speech.hamsa.client import Backoff, HamsaConnection
@@ -131,8 +132,12 @@ class HamsaSession:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
+        delivery: DeliveryModel | None = None,
     ) -> None:
         self.call_id = call_id
+        # TTS delivery learned on this call's socket (a child of the process-wide model),
+        # read by the playout scheduler.
+        self.delivery = delivery.connection() if delivery is not None else DeliveryModel()
         self._pool = pool
         self._s = settings
         self._metrics = metrics

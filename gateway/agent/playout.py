@@ -1,0 +1,326 @@
+"""Playout scheduling: when to start a sentence's audio so the caller never hears a dropout.
+
+Hamsa streams a sentence as a small first frame (~0.5 s of audio) and then 1-2 s frames that
+arrive only a little faster than they play (``hamsa.md`` §1.4; issue 11). Sending the first
+frame at once gives the lowest latency, but when the second frame lands after the first has
+played out, the caller hears a gap inside the sentence. Holding every sentence a fixed time
+(``PLAYOUT_PREBUFFER_MS``) fixes that at a cost on every turn. This module holds a sentence's
+start only as long as the *predicted* arrival of its later chunks requires, and not at all
+when the provider is fast.
+
+Pieces (all sans-I/O except :func:`scheduled`; time is passed in as monotonic seconds):
+
+* :class:`DeliveryModel`: what the provider's delivery looks like, learned from finished
+  sentences, per process and per connection (a call's TTS socket): *rate* (seconds of audio
+  delivered per second of wall time after the first chunk), *frame* size (seconds of audio in
+  a later chunk), *ms per character* (to predict a sentence's length from its text) and the
+  *first chunk* size. Predictions use conservative quantiles of the recent window (slow
+  rate, big frames, long sentences); a connection with a few sentences of its own uses its
+  own window, otherwise the process's; with no data at all, priors from the observed Hamsa
+  pattern.
+* :class:`SentencePlan`: one sentence's arrivals; :meth:`SentencePlan.required_start` is the
+  earliest moment its playback may start so that every predicted later chunk arrives before
+  it is needed (plus the safety margin).
+* :class:`PlayoutClock`: a sender-side clock of what the carrier is playing (carriers and
+  the AudioSocket pacer play in real time from when audio reaches them), used to find
+  underruns (audio sent after everything before it had played out) and how far playback is
+  queued ahead (backpressure: ``PLAYOUT_MAX_AHEAD_SECONDS``).
+* :func:`scheduled`: wraps a TTS chunk stream and holds its first chunks until the plan says
+  go (or the stream ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:  # the speech session imports this module (its delivery model)
+    from gateway.speech.hamsa.session import TtsChunk
+
+# Priors before anything was learned: the observed Hamsa pattern (issue 11), slightly
+# pessimistic, so the first sentences of a process are held rather than broken.
+PRIOR_RATE: Final = 3.0  # audio seconds per wall second after the first chunk
+PRIOR_FRAME_SECONDS: Final = 2.0  # largest later chunk
+PRIOR_MS_PER_CHAR: Final = 80.0
+PROCESS_WINDOW: Final = 200  # sentences remembered per process
+CONNECTION_WINDOW: Final = 20  # sentences remembered per connection
+MIN_SAMPLES: Final = 5  # a window with fewer sentences defers to its parent (or the prior)
+RATE_QUANTILE: Final = 0.25  # slow end of observed rates
+FRAME_QUANTILE: Final = 0.75  # big end of observed frame sizes
+LENGTH_QUANTILE: Final = 0.5  # long end of observed ms per character
+_MAX_PLANNED_FRAMES: Final = 64  # bound on the prediction loop (a 2000-char sentence)
+UNDERRUN_TOLERANCE: Final = 0.02  # s: one 20 ms frame of lateness is not heard as a gap
+
+
+def _quantile(values: deque[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass(slots=True)
+class _Window:
+    rates: deque[float]
+    frames: deque[float]
+    ms_per_char: deque[float]
+    first: deque[float]
+
+    @classmethod
+    def of(cls, size: int) -> _Window:
+        return cls(deque(maxlen=size), deque(maxlen=size), deque(maxlen=size), deque(maxlen=size))
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Predicted delivery for the next sentence (conservative quantiles)."""
+
+    rate: float  # audio seconds per wall second after the first chunk
+    frame: float  # seconds of audio in a later chunk
+    ms_per_char: float
+
+
+class DeliveryModel:
+    """Learned TTS delivery, for a process (``parent=None``) or one connection under it.
+
+    :meth:`observe` feeds both the connection's window and its parent's. Not thread-safe;
+    one event loop.
+    """
+
+    def __init__(self, parent: DeliveryModel | None = None) -> None:
+        self._parent = parent
+        self._w = _Window.of(CONNECTION_WINDOW if parent is not None else PROCESS_WINDOW)
+        self.sentences = 0
+
+    def connection(self) -> DeliveryModel:
+        """A child model for one connection (a call's TTS socket) that also teaches this one."""
+        return DeliveryModel(parent=self)
+
+    def observe(self, plan: SentencePlan) -> None:
+        """Learn from a sentence whose stream ended normally."""
+        w = self._w
+        if plan.rate is not None:
+            w.rates.append(plan.rate)
+        if plan.largest_frame > 0.0:
+            w.frames.append(plan.largest_frame)
+        if plan.chars > 0 and plan.received > 0.0:
+            w.ms_per_char.append(plan.received * 1000.0 / plan.chars)
+        if plan.first_chunk > 0.0:
+            w.first.append(plan.first_chunk)
+        self.sentences += 1
+        if self._parent is not None:
+            self._parent.observe(plan)
+
+    def predict(self) -> Delivery:
+        """Slow-end rate, big-end frame and long-end length, from the most specific window
+        with enough samples (this connection, then the process, then the priors)."""
+        rate = self._pick("rates", RATE_QUANTILE, PRIOR_RATE)
+        frame = self._pick("frames", FRAME_QUANTILE, PRIOR_FRAME_SECONDS)
+        mspc = self._pick("ms_per_char", LENGTH_QUANTILE, PRIOR_MS_PER_CHAR)
+        return Delivery(rate=rate, frame=frame, ms_per_char=mspc)
+
+    def _pick(self, name: str, q: float, prior: float) -> float:
+        model: DeliveryModel | None = self
+        while model is not None:
+            values: deque[float] = getattr(model._w, name)
+            if len(values) >= MIN_SAMPLES:
+                return _quantile(values, q)
+            model = model._parent
+        return prior
+
+    def summary(self) -> dict[str, float]:
+        """Medians of this window (for logs and benchmarks)."""
+        out: dict[str, float] = {"sentences": float(self.sentences)}
+        for name in ("rates", "frames", "ms_per_char", "first"):
+            values: deque[float] = getattr(self._w, name)
+            if values:
+                out[name] = round(_quantile(values, 0.5), 3)
+        return out
+
+
+@dataclass(slots=True)
+class SentencePlan:
+    """One sentence's TTS arrivals, and when its playback may start.
+
+    ``chars`` is the text length (predicts the sentence's audio length); ``margin`` the
+    safety margin in seconds (``PLAYOUT_SAFETY_MS``).
+    """
+
+    chars: int
+    delivery: Delivery
+    margin: float
+    first_at: float | None = None
+    last_at: float = 0.0
+    received: float = 0.0  # seconds of audio received
+    first_chunk: float = 0.0
+    largest_frame: float = 0.0
+    chunks: int = 0
+    ended: bool = False
+    _after_first: float = 0.0
+
+    def arrived(self, seconds: float, now: float) -> None:
+        """A chunk of ``seconds`` of audio arrived at ``now``."""
+        if self.first_at is None:
+            self.first_at = now
+            self.first_chunk = seconds
+        else:
+            self._after_first += seconds
+            if seconds > self.largest_frame:
+                self.largest_frame = seconds
+        self.last_at = now
+        self.received += seconds
+        self.chunks += 1
+
+    @property
+    def rate(self) -> float | None:
+        """Observed delivery rate after the first chunk (None with fewer than 2 chunks)."""
+        if self.first_at is None or self.chunks < 2:
+            return None
+        elapsed = self.last_at - self.first_at
+        if elapsed <= 0.0:
+            return None
+        return self._after_first / elapsed
+
+    def required_start(self) -> float:
+        """Earliest playback start (monotonic seconds) keeping every predicted later chunk
+        ahead of playback; ``-inf`` when nothing more is expected.
+
+        The model (``DeliveryModel``): after the latest arrival, the rest of the sentence
+        (predicted length minus what arrived) comes in chunks of ``frame`` seconds at
+        ``rate``: chunk ``j`` lands at ``last_at + Q_j / rate`` (``Q_j``: audio in chunks
+        1..j) and is needed once ``received + Q_(j-1)`` seconds have played. Playback must
+        start no earlier than the latest of (landing - needed) over the chunks, plus margin.
+        """
+        if self.first_at is None:
+            return float("inf")
+        if self.ended:
+            return float("-inf")
+        d = self.delivery
+        remaining = self.chars * d.ms_per_char / 1000.0 - self.received
+        worst = float("-inf")
+        planned = 0.0
+        for _ in range(_MAX_PLANNED_FRAMES):
+            if remaining <= 0.02:
+                break
+            size = min(d.frame, remaining)
+            lands = self.last_at + (planned + size) / d.rate
+            worst = max(worst, lands - (self.received + planned))
+            planned += size
+            remaining -= size
+        if worst == float("-inf"):
+            return worst
+        return worst + self.margin
+
+
+class PlayoutClock:
+    """Sender-side model of the carrier's playback (real time from when audio reaches it).
+
+    ``end`` is when everything sent so far will have played out. One per call; reset on a
+    barge-in clear (the carrier dropped its buffer).
+    """
+
+    __slots__ = ("end",)
+
+    def __init__(self) -> None:
+        self.end = 0.0
+
+    def ahead(self, now: float) -> float:
+        """Seconds of audio queued ahead of playback at ``now``."""
+        return self.end - now if self.end > now else 0.0
+
+    def sent(self, seconds: float, now: float) -> float:
+        """Account audio sent at ``now``; return the silence (s) the caller heard before it."""
+        gap = now - self.end if now > self.end else 0.0
+        self.end = (now if now > self.end else self.end) + seconds
+        return gap
+
+    def reset(self, now: float) -> None:
+        self.end = now
+
+
+@dataclass(slots=True)
+class HoldResult:
+    """How long :func:`scheduled` held a sentence's start (seconds), for records."""
+
+    held: float = 0.0
+
+
+async def scheduled(
+    chunks: AsyncIterator[TtsChunk],
+    plan: SentencePlan,
+    clock: PlayoutClock,
+    seconds_of: Callable[[TtsChunk], float],
+    now: Callable[[], float],
+    result: HoldResult | None = None,
+) -> AsyncIterator[TtsChunk]:
+    """Yield ``chunks`` in order, holding the first ones until playback may start.
+
+    Every arrival is recorded in ``plan``. Before the first chunk is released, the stream is
+    held while ``plan.required_start()`` is later than both ``now`` and the end of what is
+    already playing (``clock.end``: the previous sentence covers the wait), or until the
+    stream ends. A new arrival during the hold re-plans at once. ``result.held`` gets the
+    hold time. Closing the generator closes ``chunks``.
+    """
+    async with contextlib.aclosing(chunks) as source:  # type: ignore[type-var]
+        iterator = source.__aiter__()
+        pending: list[TtsChunk] = []
+        following: asyncio.Future[TtsChunk] | None = None
+        started = now()
+        try:
+            while True:
+                if pending:
+                    t = now()
+                    start = plan.required_start()
+                    wait = start - t if start > clock.end else 0.0
+                    if wait <= 0.0:
+                        break
+                    following = asyncio.ensure_future(anext(iterator))
+                    done, _ = await asyncio.wait({following}, timeout=wait)
+                    if not done:
+                        break  # waited long enough: go, and keep the request running
+                    nxt = following
+                    following = None
+                    try:
+                        chunk = nxt.result()
+                    except StopAsyncIteration:
+                        plan.ended = True
+                        break
+                else:
+                    try:
+                        chunk = await anext(iterator)
+                    except StopAsyncIteration:
+                        plan.ended = True
+                        return
+                plan.arrived(seconds_of(chunk), now())
+                pending.append(chunk)
+            if result is not None:
+                result.held = max(0.0, now() - (plan.first_at or started))
+            for chunk in pending:
+                yield chunk
+            pending.clear()
+            if plan.ended:
+                return
+            if following is not None:
+                nxt, following = following, None
+                try:
+                    chunk = await nxt
+                except StopAsyncIteration:
+                    plan.ended = True
+                    return
+                plan.arrived(seconds_of(chunk), now())
+                yield chunk
+            while True:
+                try:
+                    chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    plan.ended = True
+                    return
+                plan.arrived(seconds_of(chunk), now())
+                yield chunk
+        finally:
+            if following is not None and not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
