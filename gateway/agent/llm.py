@@ -114,8 +114,9 @@ class ChatStreamParser:
 
     Both return the :data:`ReplyPart` values that became known, in order: text deltas as
     they arrive, tool calls as actions once complete (at ``finish_reason`` or ``[DONE]``).
-    Raises :class:`AgentError`: ``agent_error`` for an ``error`` event, ``malformed`` for a
-    body over ``max_bytes``, a line over ``max_line`` or a body that is no chat completion,
+    Raises :class:`AgentError`: ``agent_error`` for an ``error`` event, ``too_large`` for a
+    body over ``max_bytes``, ``malformed`` for a line over ``max_line`` or a body that is no
+    chat completion,
     ``connect`` when the stream ends before ``[DONE]`` or a ``finish_reason`` (a cut
     connection), ``empty`` for a reply with no text and no action.
 
@@ -146,7 +147,7 @@ class ChatStreamParser:
             return []
         self._size += len(data)
         if self._size > self._max_bytes:
-            raise AgentError("malformed", f"reply larger than {self._max_bytes} bytes")
+            raise AgentError("too_large", f"reply larger than {self._max_bytes} bytes")
         self._buf += data
         if self._form is None:
             head = self._buf.lstrip()
@@ -400,7 +401,8 @@ class LlmBrain:
     ``call.ended`` -> the history is dropped, no request is made.
 
     Deadlines as for the webhook brain: the first part within ``settings.agent_timeout``,
-    the whole reply within ``total_timeout`` (default max(30 s, 4 x agent_timeout)). Nothing
+    the whole reply within ``total_timeout`` (default max(30 s, 4 x agent_timeout)), at most
+    ``AGENT_MAX_REPLY_BYTES`` of body (``AgentError("too_large")``). Nothing
     is retried: the voice agent speaks the fallback. At most ``max_calls`` histories are kept
     (default max(64, 2 x MAX_CALLS)); the least recently used goes first.
     """
@@ -429,6 +431,7 @@ class LlmBrain:
             max(30.0, 4 * settings.agent_timeout) if total_timeout is None else total_timeout,
         )
         self._max_calls = max_calls or max(MIN_TRACKED_CALLS, 2 * settings.max_calls)
+        self._max_bytes = settings.agent_max_reply_bytes
         self._calls: OrderedDict[str, CallHistory] = OrderedDict()
 
     def history(self, session_id: str) -> CallHistory:
@@ -489,7 +492,7 @@ class LlmBrain:
         start = loop.time()
         total_deadline = start + self._total_timeout
         first_deadline = min(start + self._first_text_timeout, total_deadline)
-        parser = ChatStreamParser()
+        parser = ChatStreamParser(self._max_bytes)
         got_first = False
         response: aiohttp.ClientResponse | None = None
         try:

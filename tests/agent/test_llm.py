@@ -144,7 +144,7 @@ def test_parser_bounds_lines_and_body() -> None:
     with pytest.raises(AgentError) as info:
         for _ in range(20):
             parser.feed(sse(delta(content="x" * 40), done=False))
-    assert info.value.kind == "malformed"
+    assert info.value.kind == "too_large"
 
 
 def test_parser_empty_and_garbage_replies() -> None:
@@ -369,6 +369,13 @@ async def test_mid_stream_disconnect_raises_connect_after_the_text_so_far(llm: A
                 parts.append(part)
     assert info.value.kind == "connect"
     assert text_of(parts) == REPLY[:12]
+
+
+async def test_reply_size_is_bounded_by_agent_max_reply_bytes(llm: Any) -> None:
+    r: Llm = await llm([Answer("كلام " * 2000)], agent_max_reply_bytes=4096)
+    with pytest.raises(AgentError) as info:
+        await r.ask(utterance("مرحبا"))
+    assert info.value.kind == "too_large"
 
 
 async def test_mid_stream_error_event_is_an_agent_error(llm: Any) -> None:
