@@ -194,7 +194,13 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
         "ask Hamsa for μ-law 8 kHz TTS on μ-law calls (skips "
         "transcoding; off by default: the PCM path resamples with a real anti-alias filter)",
     ),
-    ("HAMSA_POOL_MIN_IDLE", "2", "warm Hamsa connections kept ready"),
+    ("HAMSA_POOL_MIN_IDLE", "2", "warm Hamsa connections kept ready at least; 0 = no pool"),
+    (
+        "HAMSA_POOL_BURST_CALLS",
+        "20",
+        "calls that may arrive at once and each still find a warm socket for the greeting "
+        "(the pool keeps this many idle, at most MAX_CALLS; more while calls arrive faster)",
+    ),
     (
         "HAMSA_POOL_MAX_CONNECTING",
         "16",
@@ -307,6 +313,7 @@ class Settings:
     hamsa_language: str = "ar"
     hamsa_tts_mulaw: bool = False
     hamsa_pool_min_idle: int = 2
+    hamsa_pool_burst_calls: int = 20
     hamsa_pool_max_age: float = 1800.0
     hamsa_pool_max_connecting: int = 16
     hamsa_connect_timeout: float = 10.0
@@ -574,6 +581,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "hamsa_language": ("HAMSA_LANGUAGE", _text),
     "hamsa_tts_mulaw": ("HAMSA_TTS_MULAW", _bool),
     "hamsa_pool_min_idle": ("HAMSA_POOL_MIN_IDLE", _int(0, 1000)),
+    "hamsa_pool_burst_calls": ("HAMSA_POOL_BURST_CALLS", _int(0, 1000)),
     "hamsa_pool_max_age": ("HAMSA_POOL_MAX_AGE", _float(1, 3500)),
     "hamsa_pool_max_connecting": ("HAMSA_POOL_MAX_CONNECTING", _int(1, 256)),
     "hamsa_connect_timeout": ("HAMSA_CONNECT_TIMEOUT", _float(0.1, 120)),

@@ -50,6 +50,7 @@ def fast_settings(port: int, **overrides: Any) -> Settings:
         hamsa_api_key=KEY,
         hamsa_base_url=f"http://127.0.0.1:{port}",
         hamsa_pool_min_idle=0,
+        hamsa_pool_burst_calls=0,  # tests size the pool by min_idle alone
         hamsa_connect_timeout=2.0,
         hamsa_tts_first_audio_timeout=0.15,
         hamsa_tts_gap_timeout=0.15,
@@ -437,7 +438,9 @@ async def test_no_task_or_socket_leaks(aiohttp_server: Any) -> None:
 async def test_embedded_simulator_when_no_key() -> None:
     metrics = Metrics()
     sim = replace(FAST_SIM, api_key="")
-    settings = replace(Settings(), hamsa_pool_min_idle=1, hamsa_connect_timeout=2.0)
+    settings = replace(
+        Settings(), hamsa_pool_min_idle=1, hamsa_pool_burst_calls=0, hamsa_connect_timeout=2.0
+    )
     async with HamsaService(settings, metrics, sim_config=sim, pool_check_interval=0.02) as svc:
         status = svc.status()
         assert status["backend"] == "simulator"
@@ -453,3 +456,21 @@ async def test_connection_open_classifies_unreachable(aiohttp_server: Any) -> No
         await HamsaConnection.open(endpoint, 1.0)
     assert info.value.kind is ErrorKind.CONNECT
     assert KEY not in str(info.value)
+
+
+async def test_prepare_leaves_warm_sockets_to_greetings(make_env: MakeEnv) -> None:
+    """Issue 10.17: a call's STT socket (taken while its greeting plays) is opened fresh
+    while the pool holds no more than its target, so a burst's greetings keep the warm ones."""
+    env = await make_env(hamsa_pool_min_idle=2)
+    pool = env.service.pool
+    await wait_for(lambda: pool.idle == 2)
+    session = env.service.session("call-burst")
+    await session.prepare()
+    assert pool.idle == 2  # both warm sockets still there for the next greetings
+    assert pool.on_demand_connects == 1
+    async with aclosing(session.tts(TEXT)) as stream:
+        assert (await anext(stream)).audio
+        async for _ in stream:
+            pass
+    assert pool.on_demand_connects == 1  # the greeting took a warm one
+    await session.aclose()

@@ -1,16 +1,17 @@
 """Process-wide warm pool of Hamsa realtime sockets, with a circuit breaker.
 
 Opening a socket costs about 1.2 s (the latency the original system fought), so the pool
-keeps ``min_idle`` greeted sockets ready and a call's first request takes one instead of
+keeps greeted sockets ready (how many: :class:`PoolSizer`, from ``min_idle``, the burst size
+and the recent arrival rate) and a call's first request takes one instead of
 connecting. Contract:
 
 * :meth:`HamsaPool.acquire` returns a usable socket: a warm one (oldest first, so none ages
   out unused) or, if none is idle, a new one opened on the caller's path. While the circuit
   is open it raises at once (no connect on the critical path; the session may use REST).
 * :meth:`HamsaPool.release` takes back a clean socket (idle, no unread audio) while fewer
-  than ``max_idle`` (default ``2 * min_idle``; so ``min_idle=0`` means no pooling at all)
+  than ``max_idle`` (default twice the target; ``min_idle=0`` means no pooling at all)
   are idle; anything else is closed. :meth:`HamsaPool.discard` closes in the background.
-* One background task refills to ``min_idle``, recycles sockets at a jittered
+* One background task refills to the target, recycles sockets at a jittered
   ``max_age`` (well before Hamsa's 60-minute idle close, ``hamsa.md`` §1.6, and spread so
   sockets opened together are not all replaced together), and backs off with jittered
   exponential delays after failures.
@@ -44,6 +45,54 @@ Sleep = Callable[[float], Awaitable[None]]
 RECYCLE_JITTER = 0.1  # a socket is recycled after max_age * (1 - U(0, 0.1))
 
 
+ARRIVAL_WINDOW = 10.0  # seconds of recent acquisitions the sizing policy looks at
+REFILL_HORIZON_FLOOR = 2.0  # seconds a refill takes at least (a connect is ~1.2 s)
+
+
+class PoolSizer:
+    """How many warm sockets to keep idle: sans-I/O (``now`` is passed in).
+
+    ``target(now) = max(min_idle, burst, ceil(rate * horizon))`` where ``burst`` is the
+    number of calls that may arrive at once and must each find a warm socket for their
+    greeting (``HAMSA_POOL_BURST_CALLS``, at most ``MAX_CALLS``), ``rate`` the warm-socket
+    acquisitions per second over the last :data:`ARRIVAL_WINDOW` seconds, and ``horizon``
+    how long a refill takes (twice the mean recent connect time, at least
+    :data:`REFILL_HORIZON_FLOOR`): a pool that many sockets deep is not drained before
+    its refills land. ``cap`` bounds the target (twice ``MAX_CALLS``: two sockets per call).
+    ``min_idle=0`` switches pooling off (target 0).
+    """
+
+    def __init__(self, min_idle: int, burst: int = 0, cap: int = 1_000_000) -> None:
+        self.min_idle = min_idle
+        self.burst = burst
+        self.cap = max(cap, min_idle)
+        self._arrivals: deque[float] = deque()
+        self._connect_mean = 1.2
+
+    def arrival(self, now: float) -> None:
+        """A socket was taken for a call's request."""
+        self._arrivals.append(now)
+        self._expire(now)
+
+    def connected(self, seconds: float) -> None:
+        """A connect took ``seconds`` (moving average)."""
+        self._connect_mean += 0.2 * (seconds - self._connect_mean)
+
+    def _expire(self, now: float) -> None:
+        arrivals = self._arrivals
+        while arrivals and arrivals[0] < now - ARRIVAL_WINDOW:
+            arrivals.popleft()
+
+    def target(self, now: float) -> int:
+        if self.min_idle == 0:
+            return 0  # pooling switched off
+        self._expire(now)
+        rate = len(self._arrivals) / ARRIVAL_WINDOW
+        horizon = max(REFILL_HORIZON_FLOOR, 2.0 * self._connect_mean)
+        by_rate = int(rate * horizon + 0.999)
+        return min(self.cap, max(self.min_idle, self.burst, by_rate))
+
+
 class HamsaPool:
     """Warm sockets for every call of the process. Start with :meth:`start`, stop with
     :meth:`aclose` (closes idle sockets and waits for background closes)."""
@@ -63,11 +112,14 @@ class HamsaPool:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        burst: int = 0,
+        cap: int = 1_000_000,
     ) -> None:
         self._connect = connect
         self._metrics = metrics
         self.min_idle = min_idle
-        self.max_idle = max_idle if max_idle is not None else 2 * min_idle
+        self.sizer = PoolSizer(min_idle, burst, cap)
+        self._max_idle = max_idle
         self.max_age = max_age
         self._breaker_threshold = breaker_threshold
         self._backoff = backoff or Backoff(initial=0.5, maximum=30.0)
@@ -117,6 +169,16 @@ class HamsaPool:
 
     # -- state
     @property
+    def target(self) -> int:
+        """Idle sockets the refill task aims for now (see :class:`PoolSizer`)."""
+        return self.sizer.target(self._clock())
+
+    @property
+    def max_idle(self) -> int:
+        """Idle sockets kept on release (default twice the target)."""
+        return self._max_idle if self._max_idle is not None else 2 * self.target
+
+    @property
     def idle(self) -> int:
         return len(self._idle)
 
@@ -135,6 +197,7 @@ class HamsaPool:
             "idle": len(self._idle),
             "connecting": self._connecting,
             "min_idle": self.min_idle,
+            "target_idle": self.target,
             "circuit": "open" if self._circuit_open else "closed",
             "last_error": self._last_error.kind.value if self._last_error else None,
             "connects": self.connects,
@@ -142,12 +205,28 @@ class HamsaPool:
         }
 
     # -- use
-    async def acquire(self) -> HamsaConnection:
+    async def acquire(self, *, spare: bool = False) -> HamsaConnection:
         """A usable socket; raises :class:`HamsaError` (``circuit_open``, or the fatal
-        auth/quota error that opened the circuit, or the connect failure)."""
+        auth/quota error that opened the circuit, or the connect failure).
+
+        ``spare=True`` is for a socket not needed at once (a call's STT socket taken while
+        its greeting plays): it takes a warm one only if more than the target are idle, and
+        otherwise opens its own, so a burst of new calls leaves the warm sockets to the
+        greetings that need them now.
+        """
         if self._closed:
             raise HamsaError("the speech pool is closed", ErrorKind.CIRCUIT_OPEN)
         now = self._clock()
+        if not spare:
+            self.sizer.arrival(now)
+        elif len(self._idle) <= self.sizer.target(now):
+            if self._circuit_open:
+                raise HamsaError("Hamsa is unavailable (circuit open)", ErrorKind.CIRCUIT_OPEN)
+            self.on_demand_connects += 1
+            try:
+                return await self._open()
+            finally:
+                self._wake.set()
         while self._idle:
             conn = self._idle.popleft()
             if conn.usable and now < conn.expires_at:
@@ -203,6 +282,7 @@ class HamsaPool:
         self.connects += 1
         self._metrics.hamsa_connections.labels("created").inc()
         self._metrics.observe_stage("hamsa_connect", self._clock() - started)
+        self.sizer.connected(self._clock() - started)
         self._record_success()
         conn.expires_at = self._clock() + self.max_age * (1.0 - RECYCLE_JITTER * self._rng())
         return conn
@@ -251,7 +331,8 @@ class HamsaPool:
         while not self._closed:
             self._wake.clear()
             next_expiry = self._prune()
-            target = max(self.min_idle, 1) if self._circuit_open else self.min_idle
+            wanted = self.sizer.target(self._clock())
+            target = max(wanted, 1) if self._circuit_open else wanted
             deficit = target - len(self._idle) - self._connecting
             if self._circuit_open and deficit > 0:
                 deficit = 1  # half-open: one probe at a time, after a backoff pause

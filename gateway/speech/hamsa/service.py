@@ -107,6 +107,9 @@ class HamsaService:
             connect,
             self._metrics,
             min_idle=settings.hamsa_pool_min_idle,
+            # A burst of this many calls each finds a warm socket for its greeting.
+            burst=min(settings.hamsa_pool_burst_calls, settings.max_calls),
+            cap=2 * settings.max_calls,
             max_age=settings.hamsa_pool_max_age,
             max_connecting=self._max_connecting,
             backoff=Backoff(initial=max(0.05, settings.hamsa_retry_delay / 2), maximum=30.0),

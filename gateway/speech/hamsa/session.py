@@ -168,7 +168,11 @@ class HamsaSession:
         if self._closed or self._stt is not None:
             return
         try:
-            await self._socket("stt")
+            async with self._locks["stt"]:
+                if self._stt is None and not self._closed:
+                    # Not needed until the caller has heard the greeting: leave the warm
+                    # sockets to greetings of calls arriving in the same burst.
+                    self._stt = await self._pool.acquire(spare=True)
         except HamsaError as exc:
             log.info("could not prepare the STT socket: %s", exc)
 
