@@ -324,7 +324,7 @@ def _openai_delta(obj: dict[str, Any]) -> str | None:
 # ------------------------------------------------------------------ the parser
 
 
-def _loads(data: bytes | str) -> Any:
+def _loads(data: bytes | bytearray | str) -> Any:
     """JSON value, or the ``_BAD`` sentinel."""
     try:
         return orjson.loads(data)
@@ -414,7 +414,7 @@ class ReplyParser:
         head = self._buf
         if not head:
             return False if not final else self._set("text")
-        if head[:1] in (b"{", b"["):
+        if head[0] in b"{[":
             newline = head.find(b"\n", self._scan)
             if newline < 0 and not final:
                 self._scan = len(head)
@@ -585,7 +585,7 @@ class ReplyParser:
     def _json(self, final: bool) -> list[ReplyPart]:
         if not final:
             return []  # one JSON document: it is only complete at the end of the body
-        obj = _loads(bytes(self._buf))
+        obj = _loads(self._buf)
         self._buf.clear()
         if obj is _BAD:
             raise AgentError("malformed", "invalid JSON")
