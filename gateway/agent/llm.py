@@ -28,8 +28,10 @@ and agent messages. An agent reply enters the history only as far as the caller 
 reply streamed to the end and not interrupted goes in whole; when the next request carries
 ``interrupted`` (the voice agent's report of a barge-in) the reply is replaced by
 ``interrupted.heard``, the sentences whose audio played (nothing when it is empty); a reply
-cut short with no such report (the caller spoke again before any audio played: the voice
-agent then re-sends those words with the next utterance) is dropped with its caller message.
+cut short with no such report is dropped, and so is its caller message when the next
+utterance repeats it (the caller spoke again before any audio played: the voice agent
+re-sends those words with the next utterance); a reply that failed mid-stream leaves only
+the caller's message.
 """
 
 from __future__ import annotations
@@ -364,7 +366,9 @@ class CallHistory:
         if heard is not None and _squash(reply).startswith(_squash(heard.reply)):
             reply = heard.heard
         elif done.state != "complete":
-            return  # nothing known to be heard; the caller's words come again (carried)
+            if request.event == "utterance" and request.text.startswith(done.user):
+                return  # cut while thinking: the voice agent re-sent the caller's words
+            reply = ""  # failed mid-reply: how much was heard is unknown, keep none of it
         self.messages.append({"role": "user", "content": done.user})
         if reply.strip():
             self.messages.append({"role": "assistant", "content": reply})

@@ -444,6 +444,17 @@ async def test_a_reply_cut_before_anything_was_heard_is_dropped(llm: Any) -> Non
     ]
 
 
+async def test_a_reply_failed_mid_stream_leaves_only_the_callers_words(llm: Any) -> None:
+    r: Llm = await llm([Answer(REPLY, disconnect_after=3), Answer("تفضل.")])
+    with pytest.raises(AgentError):
+        await r.ask(utterance("أريد"))
+    await r.ask(utterance("هل تسمعني", 2))
+    assert r.messages()[1:] == [
+        {"role": "user", "content": "أريد"},
+        {"role": "user", "content": "هل تسمعني"},
+    ]
+
+
 async def test_dtmf_call_events_and_separate_calls(llm: Any) -> None:
     r: Llm = await llm([Answer("تم.")])
     assert await r.ask(AgentRequest("call.started", "CA1")) == []
