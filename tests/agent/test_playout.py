@@ -1,0 +1,107 @@
+"""Playout scheduler (issue 11): sans-I/O model, plan and clock; the hold wrapper on a fake
+stream with a hand-driven clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from gateway.agent.playout import (
+    MIN_SAMPLES,
+    Delivery,
+    DeliveryModel,
+    HoldResult,
+    PlayoutClock,
+    SentencePlan,
+    scheduled,
+)
+from gateway.speech.hamsa.session import TtsChunk
+from gateway.telephony.events import PCM16_16K
+
+SLOW = Delivery(rate=3.0, frame=2.0, ms_per_char=100.0)
+
+
+def test_plan_holds_a_small_first_chunk_until_the_big_second_one_is_due() -> None:
+    # 30 chars = 3 s; first chunk 0.5 s at t=10; the next 2 s chunk lands 2/3 s later.
+    plan = SentencePlan(30, SLOW, margin=0.03)
+    plan.arrived(0.5, 10.0)
+    assert abs(plan.required_start() - (10.0 + 2 / 3 - 0.5 + 0.03)) < 1e-9
+
+
+def test_plan_needs_no_hold_when_the_provider_is_fast_or_the_sentence_short() -> None:
+    fast = SentencePlan(30, Delivery(rate=20.0, frame=2.0, ms_per_char=100.0), margin=0.03)
+    fast.arrived(0.5, 10.0)
+    assert fast.required_start() < 10.0
+    short = SentencePlan(5, SLOW, margin=0.03)  # 0.5 s: all of it is in the first chunk
+    short.arrived(0.5, 10.0)
+    assert short.required_start() == float("-inf")
+
+
+def test_model_learns_rate_frame_and_length_per_connection_and_process() -> None:
+    process = DeliveryModel()
+    conn = process.connection()
+    assert conn.predict().rate == 3.0  # prior
+    for _ in range(MIN_SAMPLES):
+        plan = SentencePlan(20, SLOW, margin=0.0)
+        plan.arrived(0.5, 0.0)
+        plan.arrived(1.0, 0.1)  # 1 s of audio in 0.1 s: 10x real time
+        plan.ended = True
+        conn.observe(plan)
+    learned = conn.predict()
+    assert abs(learned.rate - 10.0) < 1e-9
+    assert learned.frame == 1.0
+    assert abs(learned.ms_per_char - 75.0) < 1e-9
+    assert process.predict() == learned  # the process learned too
+    other = process.connection()
+    assert other.predict() == learned  # a new connection starts from the process
+
+
+def test_clock_reports_gaps_and_queue_ahead() -> None:
+    clock = PlayoutClock()
+    clock.reset(1.0)
+    assert clock.sent(0.5, 1.0) == 0.0  # first audio: nothing was playing, no gap
+    assert abs(clock.ahead(1.2) - 0.3) < 1e-9
+    assert abs(clock.sent(1.0, 1.7) - 0.2) < 1e-9  # ran dry at 1.5: 200 ms of silence
+    assert abs(clock.ahead(1.7) - 1.0) < 1e-9
+    clock.reset(2.0)
+    assert clock.ahead(2.0) == 0.0
+
+
+async def _chunks(arrivals: list[tuple[float, float]]) -> AsyncIterator[TtsChunk]:
+    for delay, seconds in arrivals:
+        await asyncio.sleep(delay)
+        yield TtsChunk(b"\x00" * int(seconds * 32000), PCM16_16K)
+
+
+def _seconds(chunk: TtsChunk) -> float:
+    return len(chunk.audio) / 32000
+
+
+async def test_scheduled_holds_until_the_next_chunk_arrives() -> None:
+    loop = asyncio.get_running_loop()
+    plan = SentencePlan(30, SLOW, margin=0.03)  # wants ~0.2 s of hold after a 0.5 s chunk
+    clock = PlayoutClock()
+    result = HoldResult()
+    released: list[float] = []
+    stream = scheduled(
+        _chunks([(0.0, 0.5), (0.1, 2.0), (0.0, 0.5)]), plan, clock, _seconds, loop.time, result
+    )
+    async for _ in stream:
+        released.append(loop.time())
+    # Released together when the second chunk came (0.1 s), not after the full 0.2 s hold.
+    assert released[1] - released[0] < 0.02
+    assert 0.08 <= result.held < 0.19
+    assert plan.ended and plan.chunks == 3
+
+
+async def test_scheduled_does_not_hold_while_earlier_audio_covers_the_wait() -> None:
+    loop = asyncio.get_running_loop()
+    plan = SentencePlan(30, SLOW, margin=0.03)
+    clock = PlayoutClock()
+    clock.sent(5.0, loop.time())  # the previous sentence still plays for 5 s
+    result = HoldResult()
+    async for _ in scheduled(
+        _chunks([(0.0, 0.5), (0.3, 2.0)]), plan, clock, _seconds, loop.time, result
+    ):
+        break
+    assert result.held < 0.05

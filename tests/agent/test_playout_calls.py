@@ -1,0 +1,135 @@
+"""Playout scheduler over a real transport, measured on the caller side (issue 11, 10.4).
+
+The simulator delivers TTS in the pattern seen on real Hamsa calls (a 0.5 s first frame, then
+1-2 s frames about 3x faster than real time) and the AudioSocket fake caller records what the
+channel would play, 20 ms per packet: the gateway's pacer fills any underrun with zero frames,
+so a dropout is a run of all-zero frames inside the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gateway.server import keys
+from gateway.server.app import create_app
+from gateway.sim.asterisk_caller import AudioSocketCaller
+from gateway.sim.hamsa_sim import OBSERVED_DELIVERY, create_sim_app
+from tests.agent.audio import silence
+from tests.conftest import TIMEOUT
+from tests.speech_rig import fast_sim_config, voice_settings
+
+# No spaces: the synthetic voice is continuous, so any silent frame inside it is a dropout.
+LONG_GREETING = "أهلاوسهلابكفيخدمةالعملاءكيفيمكننيمساعدتكاليوم"  # ~3.2 s at 70 ms/char
+FRAME = 320  # slin 8 kHz, 20 ms
+
+
+def observed_sim(**overrides: Any) -> Any:
+    knobs: dict[str, Any] = {k: int(v) if "bytes" in k else v for k, v in OBSERVED_DELIVERY.items()}
+    knobs.update(first_audio_delay=0.05, ms_per_char=70.0, seed=3)
+    knobs.update(overrides)
+    return fast_sim_config(**knobs)
+
+
+def gaps(pcm: bytes) -> list[int]:
+    """Lengths (frames) of silent runs between the first and the last audible frame."""
+    zero = bytes(FRAME)
+    frames = [pcm[i : i + FRAME] != zero for i in range(0, len(pcm) - FRAME + 1, FRAME)]
+    if True not in frames:
+        return []
+    first = frames.index(True)
+    last = len(frames) - 1 - frames[::-1].index(True)
+    runs: list[int] = []
+    run = 0
+    for audible in frames[first : last + 1]:
+        if audible:
+            if run:
+                runs.append(run)
+            run = 0
+        else:
+            run += 1
+    return runs
+
+
+async def greeting_heard(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, sim: Any, **overrides: Any
+) -> tuple[bytes, Any]:
+    server = await aiohttp_server(create_sim_app(sim))
+    settings = voice_settings(
+        str(server.make_url("")),
+        tmp_path,
+        greeting_text=LONG_GREETING,
+        host="127.0.0.1",
+        audiosocket_port=0,
+        hamsa_short_audio_ms_per_char=4.0,
+        **overrides,
+    )
+    client: TestClient = await aiohttp_client(create_app(settings))
+    port = client.app[keys.AUDIOSOCKET].port  # type: ignore[index]
+    async with AudioSocketCaller("127.0.0.1", port) as call:
+        await call.play(silence(0.1), realtime=False)
+        deadline = time.monotonic() + TIMEOUT
+        # Played out: 3.2 s of voice, then a stretch of silence after it.
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            heard = call.heard_audio()
+            if len(heard) > 4 * 16000 and heard[-16000:] == bytes(16000):
+                break
+        return call.heard_audio(), client
+
+
+async def test_sentence_in_the_observed_pattern_plays_without_gaps_over_audiosocket(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    heard, _ = await greeting_heard(aiohttp_client, aiohttp_server, tmp_path, observed_sim())
+    assert len(heard) > 3 * 16000
+    assert gaps(heard) == []
+
+
+async def test_without_the_scheduler_the_same_sentence_breaks_up(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """The control: the pattern really does cause dropouts when audio is sent as it comes."""
+    heard, _ = await greeting_heard(
+        aiohttp_client, aiohttp_server, tmp_path, observed_sim(), playout_adaptive=False
+    )
+    assert gaps(heard) != []
+
+
+async def test_long_reply_is_not_read_faster_than_playout_allows(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """10.4: TTS is read only while <= PLAYOUT_MAX_AHEAD_SECONDS are queued ahead of playback,
+    so the AudioSocket playout queue (gateway memory) stays bounded on a long reply."""
+    long_text = "و" * 300  # 21 s of audio, delivered 50x faster than it plays
+    sim = observed_sim(realtime_factor=50.0)
+    server = await aiohttp_server(create_sim_app(sim))
+    settings = voice_settings(
+        str(server.make_url("")),
+        tmp_path,
+        greeting_text=long_text,
+        host="127.0.0.1",
+        audiosocket_port=0,
+        hamsa_short_audio_ms_per_char=4.0,
+        playout_max_ahead_seconds=2.0,
+    )
+    client: TestClient = await aiohttp_client(create_app(settings))
+    port = client.app[keys.AUDIOSOCKET].port  # type: ignore[index]
+    registry = client.app[keys.CALLS]  # type: ignore[index]
+    async with AudioSocketCaller("127.0.0.1", port) as call:
+        await call.play(silence(0.1), realtime=False)
+        peak = 0.0
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            for session in registry.sessions():
+                queue = session._send.__self__._queue  # the pacer's playout queue
+                if queue is not None:
+                    peak = max(peak, queue.queued_ms)
+        assert len(call.heard_audio()) > 4 * 16000  # it played all along
+    # 2 s ahead plus at most one TTS frame (2 s) read before the check: never the 21 s.
+    assert 1500.0 < peak <= 4200.0
