@@ -460,8 +460,8 @@ async def test_connection_open_classifies_unreachable(aiohttp_server: Any) -> No
 
 async def test_prepare_leaves_warm_sockets_to_greetings(make_env: MakeEnv) -> None:
     """Issue 10.17: a call's STT socket (taken while its greeting plays) is opened fresh
-    while the pool holds no more than its target, so a burst's greetings keep the warm ones."""
-    env = await make_env(hamsa_pool_min_idle=2)
+    while the pool holds no more than the burst reserve, so a burst's greetings keep them."""
+    env = await make_env(hamsa_pool_min_idle=2, hamsa_pool_burst_calls=2)
     pool = env.service.pool
     await wait_for(lambda: pool.idle == 2)
     session = env.service.session("call-burst")

@@ -210,16 +210,16 @@ class HamsaPool:
         auth/quota error that opened the circuit, or the connect failure).
 
         ``spare=True`` is for a socket not needed at once (a call's STT socket taken while
-        its greeting plays): it takes a warm one only if more than the target are idle, and
-        otherwise opens its own, so a burst of new calls leaves the warm sockets to the
-        greetings that need them now.
+        its greeting plays): it takes a warm one only while more than the burst reserve
+        (``HAMSA_POOL_BURST_CALLS``) are idle, and otherwise opens its own, so a burst of new
+        calls leaves the warm sockets to the greetings that need them now.
         """
         if self._closed:
             raise HamsaError("the speech pool is closed", ErrorKind.CIRCUIT_OPEN)
         now = self._clock()
         if not spare:
             self.sizer.arrival(now)
-        elif len(self._idle) <= self.sizer.target(now):
+        elif len(self._idle) <= self.sizer.burst:
             if self._circuit_open:
                 raise HamsaError("Hamsa is unavailable (circuit open)", ErrorKind.CIRCUIT_OPEN)
             self.on_demand_connects += 1
