@@ -836,7 +836,8 @@ class VoiceAgentConversation:
         reply = self._reply
         if reply is None or not (reply.speaking and reply.text):
             self._turn += 1
-            record = TurnRecord(turn=self._turn, kind="fallback", outcome="tts_error")
+            record = TurnRecord(turn=self._turn, kind="fallback")
+            record.outcome = "tts_error"  # the clip stands in for speech that failed
             self.record.turns.append(record)
             self._settle(self._unsettled)
             self._unsettled = record
