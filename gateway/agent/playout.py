@@ -303,9 +303,10 @@ async def scheduled(
             if plan.ended:
                 return
             if following is not None:
-                nxt, following = following, None
+                waiting: asyncio.Future[TtsChunk] = following
+                following = None
                 try:
-                    chunk = await nxt
+                    chunk = await waiting
                 except StopAsyncIteration:
                     plan.ended = True
                     return
