@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 SendFn = Callable[[OutboundEvent], Awaitable[None]]
 
+# How long :meth:`CallSession.aclose` waits for its cancelled tasks. Cancellation normally
+# completes within one loop iteration; a task still running after this swallowed its
+# CancelledError (or blocks in a ``finally``) and is counted as leaked instead of holding the
+# call's close, and so the transport's socket and the registry slot, forever.
+CANCEL_WAIT_SECONDS = 5.0
+
 
 class Conversation(Protocol):
     """What runs a call: the parrot loopback, the voice agent...
@@ -70,6 +76,7 @@ class CallSession:
         metrics: Metrics,
         *,
         on_hangup: Callable[[str], None],
+        cancel_wait: float = CANCEL_WAIT_SECONDS,
     ) -> None:
         self.call_id = started.call_id
         self.transport: Transport = started.transport
@@ -84,6 +91,7 @@ class CallSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hangup_reason: str | None = None
         self._closed = False
+        self._cancel_wait = cancel_wait
         self.conversation: Conversation | None = None
         # Transport call control, set by the glue where the carrier offers it: hand the caller
         # to a number or SIP URI; True when the carrier accepted the transfer.
@@ -177,20 +185,35 @@ class CallSession:
         self.spawn(conversation.run(), "conversation")
 
     async def aclose(self) -> None:
-        """Cancel every task the call owns and wait for them all (idempotent).
+        """Cancel every task the call owns and wait for them, at most ``cancel_wait`` s.
 
-        From here on :attr:`outcome` is final (see the module docstring).
+        Idempotent: only the first call cancels and waits. A task still running after the
+        wait (it swallowed its cancellation) is not waited for any longer: it is counted in
+        ``gateway_call_tasks_leaked_total`` and logged once, with the call id and the task
+        names, so a misbehaving task can never hang the call's close. From here on
+        :attr:`outcome` is final (see the module docstring).
         """
+        if self._closed:
+            return
         self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        leaked = [t for t in self._tasks if not t.done()]
-        if leaked:  # cannot happen unless a task swallows cancellation in a loop
-            self.metrics.tasks_leaked.inc(len(leaked))
-            log.error("%d tasks still running after call end", len(leaked))
+        if not tasks:
+            return
+        # asyncio.wait, not gather: gather would wait forever for a task that ignores
+        # cancellation. Exceptions of tasks that failed are retrieved by _task_done.
+        _, pending = await asyncio.wait(tasks, timeout=self._cancel_wait)
+        if pending:
+            self.metrics.tasks_leaked.inc(len(pending))
+            log.error(
+                "call %s: %d task(s) still running %.1f s after cancellation (%s); "
+                "leaving them behind",
+                self.call_id,
+                len(pending),
+                self._cancel_wait,
+                ", ".join(sorted(t.get_name() for t in pending)),
+            )
 
     @property
     def duration_seconds(self) -> float:
