@@ -1,9 +1,17 @@
 """Playout scheduler over a real transport, measured on the caller side (issue 11, 10.4).
 
 The simulator delivers TTS in the pattern seen on real Hamsa calls (a 0.5 s first frame, then
-1-2 s frames about 3x faster than real time) and the AudioSocket fake caller records what the
-channel would play, 20 ms per packet: the gateway's pacer fills any underrun with zero frames,
-so a dropout is a run of all-zero frames inside the reply.
+1-2 s frames about 3x faster than real time) and each transport's fake peer records what the
+caller hears on a real-time timeline:
+
+* AudioSocket: what the channel would play, 20 ms per packet; the gateway's pacer fills any
+  underrun with zero frames, so a dropout is a run of all-zero frames inside the reply.
+* Twilio: the carrier buffers what the gateway sends and plays it at real time
+  (``docs/protocols/twilio.md`` §1.4); ``TwilioCaller`` places each media message on its
+  playout clock (``max(arrival, end of what is queued)``), so audio that arrives after the
+  buffer ran dry leaves silence on the caller's timeline.
+* chan_websocket: Asterisk's own queue, one frame per 20 ms tick (``chan_websocket.c``
+  ``dequeue_frame``); ``AsteriskWsCaller.timeline`` holds silence on ticks with nothing queued.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ from aiohttp.test_utils import TestClient
 
 from gateway.server import keys
 from gateway.server.app import create_app
-from gateway.sim.asterisk_caller import AudioSocketCaller
+from gateway.sim.asterisk_caller import AsteriskWsCaller, AudioSocketCaller
 from gateway.sim.hamsa_sim import OBSERVED_DELIVERY, create_sim_app
+from gateway.sim.twilio_caller import TwilioCaller
+from telecodecs.g711 import ulaw_to_pcm16
 from tests.agent.audio import silence
 from tests.conftest import TIMEOUT
 from tests.speech_rig import fast_sim_config, voice_settings
@@ -96,6 +106,124 @@ async def test_without_the_scheduler_the_same_sentence_breaks_up(
     """The control: the pattern really does cause dropouts when audio is sent as it comes."""
     heard, _ = await greeting_heard(
         aiohttp_client, aiohttp_server, tmp_path, observed_sim(), playout_adaptive=False
+    )
+    assert gaps(heard) != []
+
+
+ASTERISK_USER = "asterisk"
+ASTERISK_PASSWORD = "s3cret-media-pass"
+
+
+async def played_out(heard: Any) -> bytes:
+    """Poll ``heard()`` (caller-side PCM16 8 kHz timeline) until the greeting's 3.2 s of voice
+    played and 1 s of silence followed; return the timeline."""
+    deadline = time.monotonic() + TIMEOUT
+    pcm: bytes = heard()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        pcm = heard()
+        if len(pcm) > 4 * 16000 and pcm[-16000:] == bytes(16000) and any(pcm):
+            break
+    return pcm
+
+
+async def twilio_greeting_heard(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, sim: Any, **overrides: Any
+) -> tuple[bytes, TwilioCaller, float]:
+    """The greeting as a Twilio caller hears it (the carrier's playout clock, decoded μ-law),
+    the caller, and the gateway's own count of underruns on Twilio calls."""
+    server = await aiohttp_server(create_sim_app(sim))
+    settings = voice_settings(
+        str(server.make_url("")), tmp_path, greeting_text=LONG_GREETING, **overrides
+    )
+    client: TestClient = await aiohttp_client(create_app(settings))
+    call = TwilioCaller(client.session, str(client.make_url("/twilio/media")))
+    async with call:
+        assert await call.wait_reply_played(0.0, TIMEOUT, quiet=1.0)
+        # heard_audio(): every media message at max(arrival, end of the carrier's queue),
+        # μ-law silence where the queue ran dry, from the first audio to the last.
+        heard = ulaw_to_pcm16(call.heard_audio())
+    registry = client.app[keys.METRICS].registry  # type: ignore[index]
+    counted = registry.get_sample_value("gateway_playout_underruns_total", {"transport": "twilio"})
+    return heard, call, counted or 0.0
+
+
+async def asterisk_ws_greeting_heard(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, sim: Any, **overrides: Any
+) -> bytes:
+    """The greeting as a chan_websocket (μ-law) channel plays it, one frame per 20 ms tick."""
+    server = await aiohttp_server(create_sim_app(sim))
+    settings = voice_settings(
+        str(server.make_url("")),
+        tmp_path,
+        greeting_text=LONG_GREETING,
+        asterisk_ws_username=ASTERISK_USER,
+        asterisk_ws_password=ASTERISK_PASSWORD,
+        **overrides,
+    )
+    client: TestClient = await aiohttp_client(create_app(settings))
+    call = AsteriskWsCaller(
+        client.session,
+        str(client.make_url("/asterisk/media")),
+        username=ASTERISK_USER,
+        password=ASTERISK_PASSWORD,
+        codec="ulaw",
+    )
+    async with call:
+        return await played_out(lambda: ulaw_to_pcm16(call.heard_audio()))
+
+
+# Seed 11 draws a 1.98 s second frame for the greeting (the simulator's largest): it lands
+# 0.66 s after the 0.5 s first frame, a gap on any transport when audio is sent as received.
+BIG_SECOND_FRAME = 11
+
+
+async def test_sentence_in_the_observed_pattern_plays_without_gaps_over_twilio(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    heard, call, counted = await twilio_greeting_heard(
+        aiohttp_client, aiohttp_server, tmp_path, observed_sim(seed=BIG_SECOND_FRAME)
+    )
+    assert len(heard) > 3 * 16000
+    assert gaps(heard) == []
+    assert call.underruns_mid_sentence == 0 and counted == 0
+
+
+async def test_without_the_scheduler_the_sentence_breaks_up_over_twilio(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """The control: sent as received, the second frame lands after Twilio's buffer ran dry."""
+    heard, call, counted = await twilio_greeting_heard(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        observed_sim(seed=BIG_SECOND_FRAME),
+        playout_adaptive=False,
+    )
+    assert gaps(heard) != []
+    assert call.underruns_mid_sentence > 0
+    assert counted > 0  # the gateway's sender-side clock saw it too (metric)
+
+
+async def test_sentence_in_the_observed_pattern_plays_without_gaps_over_asterisk_ws(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    heard = await asterisk_ws_greeting_heard(
+        aiohttp_client, aiohttp_server, tmp_path, observed_sim(seed=BIG_SECOND_FRAME)
+    )
+    assert sum(1 for i in range(0, len(heard), FRAME) if any(heard[i : i + FRAME])) > 150
+    assert gaps(heard) == []
+
+
+async def test_without_the_scheduler_the_sentence_breaks_up_over_asterisk_ws(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    heard = await asterisk_ws_greeting_heard(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        observed_sim(seed=BIG_SECOND_FRAME),
+        playout_adaptive=False,
     )
     assert gaps(heard) != []
 
