@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:  # the speech session imports this module (its delivery model)
@@ -44,13 +44,17 @@ if TYPE_CHECKING:  # the speech session imports this module (its delivery model)
 # Priors before anything was learned: the observed Hamsa pattern (issue 11), slightly
 # pessimistic, so the first sentences of a process are held rather than broken.
 PRIOR_RATE: Final = 3.0  # audio seconds per wall second after the first chunk
-PRIOR_FRAME_SECONDS: Final = 2.0  # largest later chunk
+PRIOR_FRAME_SECONDS: Final = 2.0  # a full later chunk (big end)
 PRIOR_MS_PER_CHAR: Final = 80.0
 PROCESS_WINDOW: Final = 200  # sentences remembered per process
 CONNECTION_WINDOW: Final = 20  # sentences remembered per connection
 MIN_SAMPLES: Final = 5  # a window with fewer sentences defers to its parent (or the prior)
 RATE_QUANTILE: Final = 0.25  # slow end of observed rates
-FRAME_QUANTILE: Final = 0.75  # big end of observed frame sizes
+# Big end of observed full frames. The hold a sentence needs is set by the size of its second
+# frame, unknown until it lands (hamsa.md §1.4: 32-64 KB, i.e. 1-2 s at 16 kHz); holding for
+# the 75th percentile left ~1 in 10 long sentences with a dropout (issue 11 measurements), so
+# the plan holds for nearly the largest frame seen (PLAYOUT_SAFETY_MS covers the rest).
+FRAME_QUANTILE: Final = 0.95
 LENGTH_QUANTILE: Final = 0.5  # long end of observed ms per character
 _MAX_PLANNED_FRAMES: Final = 64  # bound on the prediction loop (a 2000-char sentence)
 UNDERRUN_TOLERANCE: Final = 0.02  # s: one 20 ms frame of lateness is not heard as a gap
@@ -103,8 +107,7 @@ class DeliveryModel:
         w = self._w
         if plan.rate is not None:
             w.rates.append(plan.rate)
-        if plan.largest_frame > 0.0:
-            w.frames.append(plan.largest_frame)
+        w.frames.extend(plan.full_frames)
         if plan.chars > 0 and plan.received > 0.0:
             w.ms_per_char.append(plan.received * 1000.0 / plan.chars)
         if plan.first_chunk > 0.0:
@@ -155,10 +158,13 @@ class SentencePlan:
     last_at: float = 0.0
     received: float = 0.0  # seconds of audio received
     first_chunk: float = 0.0
-    largest_frame: float = 0.0
+    # Later chunks known not to be the sentence's last (the last is cut short by the end of
+    # the text, so it says nothing about the provider's frame size).
+    full_frames: list[float] = field(default_factory=list)
     chunks: int = 0
     ended: bool = False
     _after_first: float = 0.0
+    _last_later: float = 0.0
 
     def arrived(self, seconds: float, now: float) -> None:
         """A chunk of ``seconds`` of audio arrived at ``now``."""
@@ -167,8 +173,9 @@ class SentencePlan:
             self.first_chunk = seconds
         else:
             self._after_first += seconds
-            if seconds > self.largest_frame:
-                self.largest_frame = seconds
+            if self._last_later > 0.0:
+                self.full_frames.append(self._last_later)
+            self._last_later = seconds
         self.last_at = now
         self.received += seconds
         self.chunks += 1

@@ -66,6 +66,7 @@ class LoadResult:
     turn_latency_ms: dict[str, float] = field(default_factory=dict)
     gateway_added_ms: dict[str, float] = field(default_factory=dict)
     underruns_mid_sentence: int = 0
+    turns_with_underruns: int = 0  # caller-side: replies that ran dry at least once inside
     max_gap_between_sentences_ms: float = 0.0
 
 
@@ -169,6 +170,7 @@ class AgentCallStats:
     turns: int = 0
     barge_ins: int = 0
     underruns_mid_sentence: int = 0
+    turns_with_underruns: int = 0
     sentence_gaps: list[float] = field(default_factory=list)
 
 
@@ -196,12 +198,15 @@ async def _agent_call(
                 spoken = mic.say(speech)
                 await asyncio.sleep(max(0.0, spoken - time.monotonic()))
                 totals.turns += 1
+                before = call.underruns_mid_sentence
                 # Sometimes talk over the reply, ~0.6 s after it starts.
                 if rng.random() < barge_rate and await call.wait_audio_after(spoken, 8.0):
                     await asyncio.sleep(0.6)
                     totals.barge_ins += 1
-                    continue
-                await call.wait_reply_played(spoken, 10.0, quiet=0.5)
+                else:
+                    await call.wait_reply_played(spoken, 10.0, quiet=0.5)
+                if call.underruns_mid_sentence > before:
+                    totals.turns_with_underruns += 1
         finally:
             mic_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -362,6 +367,7 @@ async def run_load(
         turn_latency_ms=_percentiles(turn_latencies),
         gateway_added_ms=_percentiles(added),
         underruns_mid_sentence=agent_totals.underruns_mid_sentence,
+        turns_with_underruns=agent_totals.turns_with_underruns,
         max_gap_between_sentences_ms=round(max(agent_totals.sentence_gaps, default=0.0) * 1000, 1),
     )
 
@@ -454,12 +460,17 @@ def format_table(result: LoadResult) -> str:
         keys = ("p50", "p95", "p99")
         return "/".join(str(values.get(k, "-")) for k in keys) + " ms"
 
+    underrun_share = 100.0 * result.turns_with_underruns / max(1, result.turns)
     agent_rows = (
         [
             ("turns / barge-ins", f"{result.turns} / {result.barge_ins}"),
             ("turn latency p50/p95/p99", pcts(result.turn_latency_ms)),
             ("gateway-added p50/p95/p99", pcts(result.gateway_added_ms)),
             ("underruns mid-sentence", f"{result.underruns_mid_sentence}"),
+            (
+                "turns with an underrun (caller)",
+                f"{result.turns_with_underruns} ({underrun_share:.1f}% of turns)",
+            ),
             ("largest gap between sentences", f"{result.max_gap_between_sentences_ms:.0f} ms"),
         ]
         if result.mode == "agent"

@@ -45,12 +45,13 @@ def test_model_learns_rate_frame_and_length_per_connection_and_process() -> None
         plan = SentencePlan(20, SLOW, margin=0.0)
         plan.arrived(0.5, 0.0)
         plan.arrived(1.0, 0.1)  # 1 s of audio in 0.1 s: 10x real time
+        plan.arrived(1.5, 0.25)  # the last chunk: cut by the text's end, not a frame size
         plan.ended = True
         conn.observe(plan)
     learned = conn.predict()
     assert abs(learned.rate - 10.0) < 1e-9
-    assert learned.frame == 1.0
-    assert abs(learned.ms_per_char - 75.0) < 1e-9
+    assert learned.frame == 1.0  # the full frame; the (bigger) last chunk is not one
+    assert abs(learned.ms_per_char - 150.0) < 1e-9
     assert process.predict() == learned  # the process learned too
     other = process.connection()
     assert other.predict() == learned  # a new connection starts from the process
