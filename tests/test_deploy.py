@@ -9,6 +9,7 @@ statically (no Docker engine here).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -195,17 +196,44 @@ def test_alert_rules_fire_on_gateway_series() -> None:
 
 
 async def test_an_idle_gateway_runs_far_fewer_tasks_than_the_leak_alert_threshold(
-    aiohttp_client,
+    aiohttp_client, tmp_path: Path
 ) -> None:
-    """GatewayAsyncioTasksWithoutCalls must not fire on a healthy idle gateway (all backends on)."""
+    """GatewayAsyncioTasksWithoutCalls must not fire on a healthy idle gateway (all backends on).
+
+    Hamsa runs in its own process here, as in production (the embedded simulator would add
+    its own server tasks to the gateway's loop): what is left is the gateway's own tasks, a
+    few fixed ones plus one keep-alive per warm pool socket (HAMSA_POOL_BURST_CALLS of them).
+    """
     rule = next(r for r in alert_rules() if r["alert"] == "GatewayAsyncioTasksWithoutCalls")
     threshold = int(re.search(r"gateway_asyncio_tasks > (\d+)", rule["expr"]).group(1))  # type: ignore[union-attr]
-    # Echo agent with the embedded Hamsa simulator and warm pool, AudioSocket listening.
-    app = create_app(make_settings(audiosocket_port=free_port()))
-    client = await aiohttp_client(app)
-    text = await (await client.get("/metrics")).text()
-    idle = value(text, "gateway_asyncio_tasks")
+    hamsa_port = free_port()
+    hamsa = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "gateway", "sim-hamsa", "--port", str(hamsa_port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        settings = make_settings(
+            audiosocket_port=free_port(),
+            hamsa_api_key="test-key",
+            hamsa_base_url=f"http://127.0.0.1:{hamsa_port}",
+        )
+        client = await aiohttp_client(create_app(settings))
+        warm = settings.hamsa_pool_burst_calls
+        deadline = asyncio.get_running_loop().time() + 30.0
+        while True:  # until the warm pool is full
+            text = await (await client.get("/metrics")).text()
+            if value(text, "gateway_hamsa_pool_idle") == warm:
+                break
+            assert asyncio.get_running_loop().time() < deadline, text
+            await asyncio.sleep(0.2)
+        idle = value(text, "gateway_asyncio_tasks")
+    finally:
+        hamsa.terminate()
+        await asyncio.wait_for(hamsa.wait(), 10)
     assert idle is not None and 1 <= idle < threshold / 3, (idle, threshold)
+    assert idle <= warm + 10, (idle, warm)  # one per warm socket plus a few fixed ones
 
 
 def test_every_alert_has_a_severity_and_a_summary() -> None:

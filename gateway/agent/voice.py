@@ -99,6 +99,7 @@ def tts_seconds(chunk: TtsChunk) -> float:
     """Seconds of audio in a TTS chunk (for the playout scheduler)."""
     return len(chunk.audio) / chunk.format.bytes_per_ms() / 1000.0
 
+
 JobKind = Literal["greeting", "utterance", "dtmf", "reprompt"]
 
 

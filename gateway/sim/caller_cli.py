@@ -764,10 +764,11 @@ def _gateway_command() -> str:
 def dev_environment(port: int, audiosocket_port: int) -> list[str]:
     """Fill in development settings for ``gateway dev``; return what to print.
 
-    Every transport is turned on with well-known, development-only credentials (a variable
-    already set in the environment wins), call records go to ``calls.jsonl`` and the gateway
-    listens on 127.0.0.1 only. The returned lines include one ``gateway call`` command per
-    transport that works as pasted into another terminal.
+    Every transport (and the browser softphone) is turned on with well-known, development-only
+    credentials (a variable already set in the environment wins), call records go to
+    ``calls.jsonl`` and the gateway listens on 127.0.0.1 only. The returned lines include one
+    ``gateway call`` command per transport that works as pasted into another terminal, and
+    the softphone's address.
     """
     dev = {
         "HOST": "127.0.0.1",
@@ -776,6 +777,7 @@ def dev_environment(port: int, audiosocket_port: int) -> list[str]:
         "ASTERISK_WS_PASSWORD": DEV_ASTERISK_PASSWORD,
         "AUDIOSOCKET_PORT": str(audiosocket_port),
         "CALL_RECORD_PATH": os.path.abspath("calls.jsonl"),
+        "BROWSER_PHONE": "true",
     }
     for name, value in dev.items():
         if not os.environ.get(name):
@@ -801,6 +803,7 @@ def dev_environment(port: int, audiosocket_port: int) -> list[str]:
         f"  {gateway} call --transport audiosocket --url {url}"
         f" --audiosocket-port {q(env['AUDIOSOCKET_PORT'])} --record-file {record}",
         "  (add --say 'text' or --wav file.wav for your own utterances; --help for more)",
+        f"Or talk to it with your microphone: open {url}/phone in a browser",
     ]
 
 

@@ -8,7 +8,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import IO
 
 from gateway.sim.caller_cli import _free_port, _wait_ready, build_call_parser
 from telecodecs.wav import parse_wav
@@ -37,11 +39,24 @@ def test_demo_places_a_call_saves_the_reply_and_prints_the_table(tmp_path: Path)
     assert "SIMULATOR" in result.stderr  # said loudly
 
 
+def _read_banner(stream: IO[str], *, last: str, limit: int = 20) -> list[str]:
+    """Lines up to the one starting with ``last``; fails (never hangs) on EOF or ``limit``."""
+    lines: list[str] = []
+    while len(lines) < limit:
+        line = stream.readline()
+        assert line, f"gateway dev exited or closed stdout after {lines!r}"
+        lines.append(line)
+        if line.startswith(last):
+            return lines
+    raise AssertionError(f"no line starting with {last!r} in {lines!r}")
+
+
 def test_make_dev_prints_call_lines_that_work_as_pasted(tmp_path: Path) -> None:
     """`make dev` runs `gateway dev`: every printed `gateway call` line parses, and all of them
     (Twilio, chan_websocket, AudioSocket) place a call that hears its replies."""
     port, audiosocket_port = _free_port(), _free_port()
-    unset = ("HAMSA_", "AGENT", "TWILIO_", "ASTERISK_", "AUDIOSOCKET_", "CALL_RECORD", "PUBLIC_")
+    unset: tuple[str, ...] = ("HAMSA_", "AGENT", "TWILIO_", "ASTERISK_", "AUDIOSOCKET_")
+    unset += ("CALL_RECORD", "PUBLIC_", "BROWSER_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
     env.pop("HOST", None)
     env.pop("PORT", None)
@@ -52,7 +67,7 @@ def test_make_dev_prints_call_lines_that_work_as_pasted(tmp_path: Path) -> None:
     )
     try:
         assert gateway.stdout is not None
-        banner = [gateway.stdout.readline() for _ in range(9)]
+        banner = _read_banner(gateway.stdout, last="Or talk to it with your microphone")
         assert banner[0].startswith("DEVELOPMENT ONLY"), banner
         calls = [shlex.split(line) for line in banner if " call --transport " in line]
         assert [argv[argv.index("--transport") + 1] for argv in calls] == [
@@ -64,6 +79,10 @@ def test_make_dev_prints_call_lines_that_work_as_pasted(tmp_path: Path) -> None:
             assert argv[:3] == [sys.executable, "-m", "gateway"] and argv[3] == "call"
             build_call_parser().parse_args(argv[4:])  # exits 2 on anything it does not know
         asyncio.run(_wait_ready(f"http://127.0.0.1:{port}", 30.0))
+        phone_url = banner[-1].split("open ", 1)[1].split()[0]
+        assert phone_url == f"http://127.0.0.1:{port}/phone"
+        with urllib.request.urlopen(phone_url, timeout=10) as page:  # the softphone is on
+            assert page.status == 200 and b"<html" in page.read().lower()
         callers = [
             subprocess.Popen(
                 [*argv, "--out", f"heard-{i}.wav", "--pause", "0.5"],
