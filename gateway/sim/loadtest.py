@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateway.sim.caller_cli import Microphone
+from gateway.sim.hamsa_sim import DELIVERY_PRESETS
 from gateway.sim.speech_synth import synthetic_speech
 from gateway.sim.twilio_caller import FRAME_BYTES, FRAME_SECONDS, TwilioCaller
 from telecodecs.g711 import pcm16_to_ulaw
@@ -530,10 +531,11 @@ def loadtest_main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--delivery",
-        choices=("default", "observed"),
+        choices=sorted(DELIVERY_PRESETS),
         default="default",
         help="agent mode: the simulator's TTS delivery pattern ('observed' = real Hamsa's "
-        "small first frame then 1-2 s frames, see gateway sim-hamsa --delivery)",
+        "small first frame then 1-2 s frames at 3x real time, 'observed-slow' the same at 2x; "
+        "see gateway sim-hamsa --delivery)",
     )
     parser.add_argument(
         "--gateway-env",

@@ -8,15 +8,18 @@ clock: the glue feeds it what arrived and writes what it returns.
 
 Contract for the glue
 ---------------------
-* ``receive_text(str)`` / ``receive_bytes(bytes)`` for each WebSocket message, then
-  ``data_to_send()``: processing input can produce wire output on its own (audio held
-  during MEDIA_XOFF is released by MEDIA_XON; a renewed REPORT_QUEUE_DRAINED).
+It is a :class:`~gateway.telephony.adapter.MediaAdapter`:
+
+* ``receive_text(str)`` / ``receive_data(bytes)`` for each WebSocket message, then
+  ``events_received()`` and ``data_to_send()``: processing input can produce wire output
+  on its own (audio held during MEDIA_XOFF is released by MEDIA_XON; a renewed
+  REPORT_QUEUE_DRAINED).
 * ``send(event)`` for :class:`PlayAudio`, :class:`SetMark`, :class:`ClearAudio`,
-  :class:`Hangup`; ``flush_audio()`` at the end of an utterance; after :class:`ClearAudio`,
-  ``retire_flushed_marks()`` (FLUSH_MEDIA discards queued markers silently, so the marks
-  whose audio was dropped are retired here as ``MarkPlayed(played=False)``).
-* ``closed(code)`` when the WebSocket closes: Asterisk sends **no** hang-up event, it just
-  closes (code 1000 or the tech cause), so the close is the hang-up.
+  :class:`Hangup`, then ``data_to_send()``; ``flush_audio()`` at the end of an utterance.
+  After :class:`ClearAudio`, ``events_received()`` holds the marks whose audio was dropped
+  as ``MarkPlayed(played=False)`` (FLUSH_MEDIA discards queued markers silently).
+* ``receive_eof(code)`` when the WebSocket closes: Asterisk sends **no** hang-up event, it
+  just closes (code 1000 or the tech cause), so the close is the hang-up.
 * Never send pings and never negotiate extensions (the handshake is the glue's job).
 
 Design choices
@@ -62,6 +65,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
+from gateway.telephony.adapter import AdapterBuffers
 from gateway.telephony.events import (
     ALAW_8K,
     PCM16_8K,
@@ -183,7 +187,7 @@ def _number(text: str | None) -> int | None:
 
 
 def _utf8(value: str) -> bool:
-    """True if ``value`` can be sent on (JSON ``\udc80`` escapes give lone surrogates)."""
+    """True if ``value`` can be sent on (JSON ``\\udc80`` escapes give lone surrogates)."""
     try:
         value.encode()
     except UnicodeEncodeError:
@@ -201,7 +205,7 @@ def _field(fields: Mapping[str, Any], key: str) -> str | None:
     return None
 
 
-class AsteriskWsProtocol:
+class AsteriskWsProtocol(AdapterBuffers):
     """One chan_websocket call: control text and media in, events out; events in, wire out.
 
     ``query`` holds the upgrade request's query parameters (from ``v()``, chosen per call by
@@ -233,6 +237,7 @@ class AsteriskWsProtocol:
             raise ValueError("max_message_bytes and frames_per_message must be positive")
         if not 2 * frames_per_message <= max_queued_frames < XOFF_LEVEL_FRAMES:
             raise ValueError("need 2 * frames_per_message <= max_queued_frames < 900")
+        super().__init__()
         self._query = dict(query)
         self._forward = frozenset(forward_variables)
         self._clock = clock
@@ -254,7 +259,7 @@ class AsteriskWsProtocol:
         self._started = False
         self._pcm16 = False
         self._dead = False  # a fatal Malformed was returned
-        self._ended = False  # closed() reported CallEnded
+        self._ended = False  # receive_eof() reported CallEnded
         self._hangup_sent = False
         # Outbound state.
         self._carry = b""  # partial frame waiting for more audio
@@ -268,13 +273,12 @@ class AsteriskWsProtocol:
         self._xoff = False
         self._paused = False
         self._held: deque[str | bytes] = deque()  # ordered media/markers held back
-        self._outbox: list[str | bytes] = []
+        self._outbox: list[str | bytes] = []  # output produced while processing input
         self._next_mark = 0
         self._wire_marks: dict[str, str] = {}  # wire correlation id -> mark name
         self._progress: dict[str, int] = {}  # internal progress mark id -> byte position
         self._clock_marks: list[tuple[int, str]] = []  # (position in bytes, name)
         self._drain_sent_at: int | None = None  # bytes_sent when REPORT_QUEUE_DRAINED went out
-        self._retired: list[MarkPlayed] = []
         # Byte-clock playout model (only with a clock): when the audio sent so far will
         # have played, and Asterisk's playout rate in bytes per second.
         self._play_end = 0.0
@@ -302,8 +306,14 @@ class AsteriskWsProtocol:
 
     # ------------------------------------------------------------------ inbound
 
-    def receive_text(self, text: str) -> list[InboundEvent]:
+    def receive_text(self, text: str) -> None:
         """Parse one TEXT message (either control format) into events."""
+        self._queue_events(self._parse_text(text))
+        if self._outbox:
+            self._queue_output(self._outbox)
+            self._outbox = []
+
+    def _parse_text(self, text: str) -> list[InboundEvent]:
         if self._dead or self._ended:
             return []
         # surrogatepass: a str from another glue may hold lone surrogates; never raise here.
@@ -343,39 +353,40 @@ class AsteriskWsProtocol:
             return [Malformed("before_start", event)]
         return self._on_event(event, fields)
 
-    def receive_bytes(self, data: bytes) -> list[InboundEvent]:
+    def receive_data(self, data: bytes) -> None:
         """One BINARY message: one frame of caller audio in the negotiated codec.
 
         A short last piece of a prompt (e.g. 12 B of ulaw) is real audio and passes through.
         """
         if self._dead or self._ended:
-            return []
+            return
         if not self._started:
-            return [Malformed("audio_before_start", f"{len(data)} bytes")]
+            self._queue_events([Malformed("audio_before_start", f"{len(data)} bytes")])
+            return
         size = len(data)
         if size == 0:
-            return [Ignored("empty_audio")]
-        if size > self._max_in:
-            return [Malformed("oversized_message", f"{size} bytes")]
-        if size & 1 and self._pcm16:
-            return [Malformed("partial_sample", f"{size} bytes of PCM16")]
-        if self._clock_marks and self._byte_rate and not self._paused:
+            self._queue_events([Ignored("empty_audio")])
+        elif size > self._max_in:
+            self._queue_events([Malformed("oversized_message", f"{size} bytes")])
+        elif size & 1 and self._pcm16:
+            self._queue_events([Malformed("partial_sample", f"{size} bytes of PCM16")])
+        elif self._clock_marks and self._byte_rate and not self._paused:
             # Byte clock: caller audio arrives every ptime on a live line, so the marks whose
             # audio has played by now retire here (within one frame of their playout time).
             played = self.marks_reached(self._played_estimate())
-            if played:
-                return [CallerAudio(data), *played]
-        return [CallerAudio(data)]
+            self._queue_events([CallerAudio(data), *played])
+        else:
+            self._queue_events([CallerAudio(data)])
 
-    def closed(self, code: int | None = None) -> list[InboundEvent]:
+    def receive_eof(self, code: int | None = None) -> None:
         """The WebSocket closed (Asterisk sends no hang-up event, the close *is* the hang-up).
 
-        Returns one :class:`CallEnded` (then nothing on later calls). Reason tokens:
+        Queues one :class:`CallEnded` (then nothing on later calls). Reason tokens:
         ``local_hangup`` (we sent HANGUP first), ``remote_hangup`` (1000/1001/no code),
         ``message_too_big`` (1009: we sent an oversized message), ``remote_error``.
         """
         if self._ended:
-            return []
+            return
         self._ended = True
         if self._hangup_sent:
             reason = "local_hangup"
@@ -385,51 +396,39 @@ class AsteriskWsProtocol:
             reason = "message_too_big"
         else:
             reason = "remote_error"
-        return [CallEnded(reason)]
-
-    def data_to_send(self) -> list[str | bytes]:
-        """Wire output produced while processing input; call after every ``receive_*``."""
-        if not self._outbox:
-            return []
-        out = self._outbox
-        self._outbox = []
-        return out
+        self._queue_events([CallEnded(reason)])
 
     # ------------------------------------------------------------------ outbound
 
-    def send(self, event: OutboundEvent) -> list[str | bytes]:
-        """Wire output (TEXT as ``str``, BINARY as ``bytes``) for one outbound event."""
-        out: list[str | bytes] = []
+    def send(self, event: OutboundEvent) -> None:
+        """Queue the wire output (TEXT as ``str``, BINARY as ``bytes``) for one event.
+
+        Raises RuntimeError for audio or a mark before MEDIA_START (a programming error).
+        """
         if self._hangup_sent or self._ended or self._dead:
-            return out
+            return
+        out: list[str | bytes] = []
         if isinstance(event, Hangup):
             self._hangup_sent = True
             out.append(self._command("HANGUP"))
-            return out
-        if not self._started:
+        elif not self._started:
             if isinstance(event, ClearAudio):
-                return out
+                return
             raise RuntimeError(f"{type(event).__name__} before MEDIA_START")
-        if isinstance(event, PlayAudio):
+        elif isinstance(event, PlayAudio):
             self._play(event.audio, out)
         elif isinstance(event, SetMark):
             self._mark(event.name, out)
         elif isinstance(event, ClearAudio):
             self._clear(out)
-        return out
+        self._queue_output(out)
 
-    def flush_audio(self) -> list[str | bytes]:
-        """Send the carried partial frame, padded with codec silence to a whole frame."""
+    def flush_audio(self) -> None:
+        """Queue the carried partial frame, padded with codec silence to a whole frame."""
         out: list[str | bytes] = []
         if self._started and not (self._hangup_sent or self._ended or self._dead):
             self._flush_carry(out)
-        return out
-
-    def retire_flushed_marks(self) -> list[MarkPlayed]:
-        """Marks dropped by the last :class:`ClearAudio`, as ``MarkPlayed(played=False)``."""
-        retired = self._retired
-        self._retired = []
-        return retired
+        self._queue_output(out)
 
     def marks_reached(self, played_bytes: int) -> list[MarkPlayed]:
         """Byte clock: retire marks whose position is at or before ``played_bytes``.
@@ -450,18 +449,19 @@ class AsteriskWsProtocol:
             return self.bytes_sent
         return self.bytes_sent - int(queued_seconds * self._byte_rate + 0.5)
 
-    def answer(self) -> list[str | bytes]:
-        """ANSWER: needed only when the dial string had the ``n`` (no auto-answer) option."""
-        return [self._command("ANSWER")]
+    def answer(self) -> None:
+        """Queue ANSWER: needed only when the dial string had the ``n`` (no auto-answer) option."""
+        self._output_one(self._command("ANSWER"))
 
-    def pause_media(self) -> list[str | bytes]:
-        """PAUSE_MEDIA: Asterisk plays silence and keeps its queue."""
+    def pause_media(self) -> None:
+        """Queue PAUSE_MEDIA: Asterisk plays silence and keeps its queue."""
         self._paused = True
-        return [self._command("PAUSE_MEDIA")]
+        self._output_one(self._command("PAUSE_MEDIA"))
 
-    def continue_media(self) -> list[str | bytes]:
+    def continue_media(self) -> None:
+        """Queue CONTINUE_MEDIA."""
         self._paused = False
-        return [self._command("CONTINUE_MEDIA")]
+        self._output_one(self._command("CONTINUE_MEDIA"))
 
     # ------------------------------------------------------------------ internals
 
@@ -708,8 +708,11 @@ class AsteriskWsProtocol:
         # FLUSH_MEDIA silently drops queued MARK_MEDIA markers (chan_websocket.c
         # handle_command), so retire them here; it does not clear the paused state, so
         # CONTINUE_MEDIA if we paused; REPORT_QUEUE_DRAINED confirms the queue is empty.
-        self._retired.extend(MarkPlayed(name, played=False) for name in self._wire_marks.values())
-        self._retired.extend(MarkPlayed(name, played=False) for _, name in self._clock_marks)
+        retired: list[InboundEvent] = [
+            MarkPlayed(name, played=False) for name in self._wire_marks.values()
+        ]
+        retired.extend(MarkPlayed(name, played=False) for _, name in self._clock_marks)
+        self._queue_events(retired)
         self._wire_marks.clear()
         self._clock_marks.clear()
         self._play_end = 0.0  # FLUSH_MEDIA empties Asterisk's queue: nothing left to play

@@ -23,6 +23,13 @@ short timeout to start the call at 8 kHz (the only rate the ``AudioSocket()`` ap
 The parser is robust to packets split anywhere: partial headers and payloads are carried
 to the next :meth:`~AudioSocketProtocol.receive_data` call.
 
+It is a :class:`~gateway.telephony.adapter.MediaAdapter` (``receive_data`` / ``receive_eof``
+then ``events_received``; ``send`` then ``data_to_send``). Outbound audio has two modes:
+unpaced (``send(PlayAudio)`` queues back-to-back packets, for tools and tests) and, once the
+glue attached a playout queue with :meth:`~AudioSocketProtocol.attach_playout`, paced:
+audio, marks and clears go to that queue and the glue's pacer takes one packet per tick
+with :meth:`~AudioSocketProtocol.next_packet` (Asterisk neither buffers nor paces, §3.3).
+
 G.711 mislabelled as slin
 -------------------------
 ``Dial(AudioSocket/host:port/<uuid>/c(ulaw))`` (or ``c(alaw)``) makes Asterisk send the
@@ -42,23 +49,29 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Sequence
 from typing import Final
 
+from gateway.telephony.adapter import AdapterBuffers
 from gateway.telephony.events import (
     PCM16_8K,
     AudioFormat,
     CallEnded,
     CallerAudio,
     CallStarted,
+    ClearAudio,
     Dtmf,
     Encoding,
     Hangup,
     InboundEvent,
     Malformed,
+    MarkPlayed,
     OutboundEvent,
     PlayAudio,
+    SetMark,
     Transport,
 )
+from gateway.telephony.pacing import OutboundAudio
 
 KIND_HANGUP: Final = 0x00
 KIND_UUID: Final = 0x01
@@ -100,7 +113,7 @@ def _looks_like_g711(payload: bytes) -> bool:
     return loud * _G711_LOUD_SHARE >= len(payload) // 2
 
 
-class AudioSocketProtocol:
+class AudioSocketProtocol(AdapterBuffers):
     """One AudioSocket connection: bytes in -> events; events -> bytes.
 
     ``max_payload_bytes`` bounds one message; a longer declared length is a fatal
@@ -118,6 +131,7 @@ class AudioSocketProtocol:
             raise ValueError("AudioSocket carries PCM16 only")
         if default_format.sample_rate not in KIND_FOR_RATE:
             raise ValueError(f"no AudioSocket kind for {default_format.sample_rate} Hz")
+        super().__init__()
         self._max_payload = max_payload_bytes
         self._default_format = default_format
         self._buf = bytearray()
@@ -132,6 +146,8 @@ class AudioSocketProtocol:
         self._silence_packet = b""
         self._silence_kind = -1
         self._g711_packets = 0  # 160-byte 0x10 packets that look like G.711 (see module doc)
+        self._playout: OutboundAudio | None = None  # paced mode (attach_playout)
+        self._hangup_sent = False
 
     @property
     def started(self) -> bool:
@@ -148,11 +164,11 @@ class AudioSocketProtocol:
 
     # ------------------------------------------------------------------ inbound
 
-    def receive_data(self, data: bytes) -> list[InboundEvent]:
-        """Feed bytes as they arrived from TCP (any split); return the complete events."""
-        events: list[InboundEvent] = []
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes as they arrived from TCP (any split); complete events are queued."""
         if self._ended or not data:
-            return events
+            return
+        events: list[InboundEvent] = []
         if self._buf:
             self._buf += data
             src: bytes | bytearray = self._buf
@@ -179,50 +195,91 @@ class AudioSocketProtocol:
             del self._buf[:offset]
         elif offset < size:
             self._buf = bytearray(src[offset:])
-        return events
+        self._queue_events(events)
 
-    def start_default(self) -> list[InboundEvent]:
+    def receive_text(self, text: str) -> None:
+        """AudioSocket is a byte stream: text input is a glue bug, reported as fatal."""
+        self._ended = True
+        self._queue_events([Malformed("text_message", f"{len(text)} characters", True)])
+
+    @property
+    def awaiting_audio(self) -> bool:
+        """The UUID came and no audio yet: the glue may :meth:`start_default` after a wait."""
+        return self._uuid_seen and not self._started and not self._ended
+
+    def start_default(self) -> None:
         """Start the call in ``default_format`` if the UUID came but no audio yet.
 
-        For the glue's "no audio after N ms" timeout; returns ``[]`` if there is no UUID yet
+        For the glue's "no audio after N ms" timeout; queues nothing if there is no UUID yet
         or the call already started.
         """
-        if not self._uuid_seen or self._started or self._ended:
-            return []
+        if not self.awaiting_audio:
+            return
         events: list[InboundEvent] = []
         self._start(self._default_format, events)
-        return events
+        self._queue_events(events)
 
-    def eof(self) -> list[InboundEvent]:
+    def receive_eof(self) -> None:
         """TCP EOF: Asterisk hung up (it never sends 0x00). A cut-off message is reported."""
         if self._ended:
-            return []
+            return
         self._ended = True
         events: list[InboundEvent] = []
         if self._buf:
             events.append(Malformed("truncated_frame", f"{len(self._buf)} bytes at EOF"))
             self._buf = bytearray()
         events.append(CallEnded("remote_hangup"))
-        return events
+        self._queue_events(events)
 
     # ------------------------------------------------------------------ outbound
 
-    def send(self, event: OutboundEvent) -> bytes:
-        """Wire bytes for an outbound event.
+    def send(self, event: OutboundEvent) -> None:
+        """Queue the wire bytes for an outbound event (one ``bytes`` message at most).
 
-        :class:`PlayAudio` becomes back-to-back 20 ms audio messages, **unpaced**: Asterisk
-        plays whatever arrives at once, so real playout goes through
-        :class:`gateway.telephony.pacing.OutboundAudio` and :meth:`frame`, one per tick.
-        :class:`Hangup` is ``00 00 00``. Marks and clears have no wire form here (no
-        carrier-side buffer): the playout queue handles them, so they return ``b""``.
+        :class:`Hangup` is ``00 00 00`` (once). Unpaced, :class:`PlayAudio` becomes
+        back-to-back 20 ms audio messages and marks and clears have no wire form (no
+        carrier-side buffer). Paced (:meth:`attach_playout`), audio and marks go to the
+        playout queue and a :class:`ClearAudio` empties it, its marks then reported by
+        :meth:`events_received` as ``MarkPlayed(played=False)``.
         """
         if isinstance(event, Hangup):
-            return HANGUP_PACKET
+            if not self._hangup_sent:
+                self._hangup_sent = True
+                self._output_one(HANGUP_PACKET)
+            return
+        playout = self._playout
+        if playout is not None:
+            if isinstance(event, PlayAudio):
+                playout.push(event.audio)
+            elif isinstance(event, SetMark):
+                playout.mark(event.name)
+            elif isinstance(event, ClearAudio):
+                retired: list[InboundEvent] = list(playout.clear())
+                self._queue_events(retired)
+            return
         if isinstance(event, PlayAudio) and event.audio:
             step = self.send_format.frame_bytes(FRAME_MS)
             audio = event.audio
-            return b"".join(self.frame(audio[i : i + step]) for i in range(0, len(audio), step))
-        return b""
+            self._output_one(
+                b"".join(self.frame(audio[i : i + step]) for i in range(0, len(audio), step))
+            )
+
+    # ------------------------------------------------------------------ paced playout
+
+    def attach_playout(self, playout: OutboundAudio) -> None:
+        """Switch to paced mode: outbound audio, marks and clears go to ``playout``."""
+        self._playout = playout
+        self.use_silence(playout.silence_frame)
+
+    def next_packet(self) -> bytes:
+        """The packet for this pacer tick: queued audio, or the cached silence packet."""
+        assert self._playout is not None, "attach_playout() first"
+        return self.frame(self._playout.next_frame())
+
+    def pop_played_marks(self) -> Sequence[MarkPlayed]:
+        """Marks whose audio the pacer has sent since the last call (shared ``()`` if none)."""
+        assert self._playout is not None, "attach_playout() first"
+        return self._playout.pop_played_marks()
 
     def frame(self, audio: bytes) -> bytes:
         """One audio message of the call's kind (normally one 20 ms frame, from the pacer).

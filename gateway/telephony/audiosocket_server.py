@@ -14,18 +14,20 @@ the timers and the call:
 * **Start.** The UUID comes first and the first audio message (normally within 1 ms) tells
   the rate; if no audio follows within ``audio_wait`` seconds the call starts at 8 kHz
   (:meth:`AudioSocketProtocol.start_default`).
-* **Inbound.** Whatever TCP delivers goes to ``receive_data`` (packets may be split
-  anywhere); events go to the conversation synchronously, as in the WebSocket driver, with
-  the same bad-input counting (:class:`~gateway.telephony.driver.BadInputLog`).
+* **The call** runs in the shared runner (:func:`gateway.telephony.driver.run_call`), the
+  same lifecycle as every WebSocket transport, over an :class:`AudioSocketChannel`: whatever
+  TCP delivers goes to the adapter's ``receive_data`` (packets may be split anywhere).
 * **Outbound.** Asterisk neither buffers nor paces AudioSocket audio (§3.3, §7:
-  ``app_audiosocket.c`` writes each packet to the channel as it arrives), so a pacer task
-  owned by the call sends exactly one 20 ms frame per tick on a drift-free grid
-  (:class:`~gateway.telephony.pacing.FramePacer`) from a playout queue
-  (:class:`~gateway.telephony.pacing.OutboundAudio`): silence while idle (the
+  ``app_audiosocket.c`` writes each packet to the channel as it arrives), so the channel
+  attaches a playout queue (:class:`~gateway.telephony.pacing.OutboundAudio`) to the
+  adapter and a pacer task owned by the call sends exactly one 20 ms frame per tick on a
+  drift-free grid (:class:`~gateway.telephony.pacing.FramePacer`): silence while idle (the
   ``AudioSocket()`` app hangs up after 2 s without activity), :class:`MarkPlayed` when the
-  frame clock passes a mark, :class:`ClearAudio` empties the queue and retires its marks.
+  frame clock passes a mark; a :class:`ClearAudio` empties the queue and retires its marks.
   Each tick's lateness goes to ``gateway_audiosocket_pacing_lateness_seconds``.
-* **Hang-up.** Ours: ``00 00 00`` then close. Theirs: EOF (Asterisk never sends 0x00).
+* **Hang-up.** Ours: ``00 00 00`` then close (AudioSocket has no close codes: a close with
+  any code but normal sends the hang-up packet first). Theirs: EOF (Asterisk never sends
+  0x00).
 """
 
 from __future__ import annotations
@@ -38,22 +40,17 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from gateway.calls import CallRegistry, CallSession
-from gateway.logs import call_id_var
 from gateway.metrics import Metrics
+from gateway.telephony.adapter import WireMessage
 from gateway.telephony.audiosocket import HANGUP_PACKET, AudioSocketProtocol
-from gateway.telephony.driver import BadInputLog, ConversationFactory, dispatch, max_duration
-from gateway.telephony.events import (
-    CallEnded,
-    CallStarted,
-    ClearAudio,
-    Ignored,
-    InboundEvent,
-    Malformed,
-    OutboundEvent,
-    PlayAudio,
-    SetMark,
-    Transport,
+from gateway.telephony.driver import (
+    CLOSE_NORMAL,
+    CallEndHook,
+    ConversationFactory,
+    DriverConfig,
+    run_call,
 )
+from gateway.telephony.events import Malformed, Transport
 from gateway.telephony.pacing import FRAME_MS, FramePacer, OutboundAudio
 
 log = logging.getLogger(__name__)
@@ -91,6 +88,7 @@ class AudioSocketServer:
         max_call_seconds: float,
         start_timeout: float = DEFAULT_START_TIMEOUT,
         audio_wait: float = DEFAULT_AUDIO_WAIT,
+        on_call_end: CallEndHook | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -98,8 +96,8 @@ class AudioSocketServer:
         self._registry = registry
         self._metrics = metrics
         self._make_conversation = make_conversation
-        self._max_call_seconds = max_call_seconds
-        self._start_timeout = start_timeout
+        self._on_call_end = on_call_end
+        self._config = DriverConfig(_TRANSPORT, max_call_seconds, start_timeout)
         self._audio_wait = audio_wait
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -182,8 +180,24 @@ class AudioSocketServer:
                 if not writer.transport.is_closing():
                     writer.transport.abort()
                 return
-            call = _AudioSocketCall(self, reader, writer)
-            await call.run()
+            adapter = AudioSocketProtocol()
+            channel = AudioSocketChannel(
+                reader, writer, adapter, self._metrics, audio_wait=self._audio_wait
+            )
+            try:
+                await run_call(
+                    channel,
+                    adapter,
+                    config=self._config,
+                    registry=self._registry,
+                    metrics=self._metrics,
+                    make_conversation=self._make_conversation,
+                    on_call_end=self._on_call_end,
+                )
+            except (ConnectionError, OSError) as exc:
+                log.info("AudioSocket connection failed: %r", exc)
+            finally:
+                await channel.aclose()
         except asyncio.CancelledError:
             # Only aclose() cancels these tasks, and the call has cleaned up by now. Ending
             # normally matters on Python 3.11: asyncio's done-callback for a client task
@@ -194,204 +208,95 @@ class AudioSocketServer:
                 self._connections.discard(task)
 
 
-class _AudioSocketCall:
-    """One connection: wait for the start, admit, run the call, clean up."""
+class AudioSocketChannel:
+    """:class:`~gateway.telephony.driver.Channel` over one AudioSocket TCP connection.
+
+    ``read`` waits at most ``audio_wait`` seconds for the first audio once the UUID came,
+    then starts the call at 8 kHz (:meth:`AudioSocketProtocol.start_default`). ``attach``
+    switches the adapter to paced playout and starts the pacer on the call's session.
+    """
 
     def __init__(
-        self, server: AudioSocketServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        adapter: AudioSocketProtocol,
+        metrics: Metrics,
+        *,
+        audio_wait: float = DEFAULT_AUDIO_WAIT,
     ) -> None:
-        self._srv = server
         self._reader = reader
         self._writer = writer
-        self._proto = AudioSocketProtocol()
-        self._bad = BadInputLog(server._metrics, _TRANSPORT)
-        self._frames_in = server._metrics.frames.labels(_TRANSPORT.value, "in")
-        self._closing = False  # we sent the hang-up packet (or gave up on the socket)
+        self._adapter = adapter
+        self._metrics = metrics
+        self._audio_wait = audio_wait
+        self._audio_deadline: float | None = None
+        self._eof = False  # the peer closed (Asterisk's hang-up)
+        self._closing = False  # we closed (or gave up on the socket)
         self._abort_handle: asyncio.TimerHandle | None = None
-        self._queue: OutboundAudio | None = None
-        self._session: CallSession | None = None
 
-    async def run(self) -> None:
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._writer.is_closing()
+
+    @property
+    def failure(self) -> Malformed | None:
+        return None  # TCP has no framing of its own: bad bytes are the adapter's Malformed
+
+    async def read(self) -> bytes | None:
+        if self._eof:
+            return None
+        adapter = self._adapter
         try:
-            first = await self._wait_start()
-            if first is None:
-                return
-            started, rest = first
-            await self._run_call(started, rest)
-        except (ConnectionError, OSError) as exc:
-            log.info("AudioSocket connection failed: %r", exc)
-        finally:
-            if self._abort_handle is not None:
-                self._abort_handle.cancel()
-            await self._close_socket()
-
-    # ---------------------------------------------------------------- phase 1
-
-    async def _read(self) -> bytes:
-        try:
-            return await self._reader.read(READ_CHUNK_BYTES)
+            if adapter.awaiting_audio:
+                loop = asyncio.get_running_loop()
+                if self._audio_deadline is None:
+                    self._audio_deadline = loop.time() + self._audio_wait
+                try:
+                    async with asyncio.timeout_at(self._audio_deadline):
+                        data = await self._reader.read(READ_CHUNK_BYTES)
+                except TimeoutError:
+                    adapter.start_default()  # a channel with no media yet
+                    return b""
+            else:
+                data = await self._reader.read(READ_CHUNK_BYTES)
         except ConnectionResetError:
-            return b""  # Asterisk closed with unread data (RST, seen on 23.4.1): a hang-up
+            data = b""  # Asterisk closed with unread data (RST, seen on 23.4.1): a hang-up
+        if not data:
+            self._eof = True
+            return None
+        return data
 
-    async def _wait_start(self) -> tuple[CallStarted, list[InboundEvent]] | None:
-        """Read until CallStarted; return it with the events that came after it."""
-        loop = asyncio.get_running_loop()
-        proto = self._proto
-        deadline = loop.time() + self._srv._start_timeout
-        uuid_deadline: float | None = None
-        while True:
-            limit = deadline
-            if uuid_deadline is None and proto.call_id:
-                uuid_deadline = loop.time() + self._srv._audio_wait
-            if uuid_deadline is not None:
-                limit = min(limit, uuid_deadline)
-            events: list[InboundEvent]
-            try:
-                async with asyncio.timeout_at(limit):
-                    data = await self._read()
-                events = proto.receive_data(data) if data else proto.eof()
-            except TimeoutError:
-                if uuid_deadline is not None and loop.time() >= uuid_deadline:
-                    events = proto.start_default()  # a channel with no media yet
-                else:
-                    self._srv._metrics.malformed_input.labels(
-                        _TRANSPORT.value, "start_timeout"
-                    ).inc()
-                    log.warning("no AudioSocket call start within %.0f s", self._srv._start_timeout)
-                    self._send_hangup()
-                    return None
-            for index, event in enumerate(events):
-                if isinstance(event, CallStarted):
-                    return event, events[index + 1 :]
-                if isinstance(event, Malformed):
-                    self._bad.malformed(event)
-                    if event.fatal:
-                        self._send_hangup()
-                        return None
-                elif isinstance(event, Ignored):
-                    self._bad.ignored(event)
-                elif isinstance(event, CallEnded):
-                    return None
+    async def write(self, messages: Sequence[WireMessage]) -> bool:
+        writer = self._writer
+        if writer.is_closing():
+            return False
+        for message in messages:
+            if isinstance(message, bytes):
+                writer.write(message)
+        return True
 
-    # ---------------------------------------------------------------- phase 2
-
-    async def _run_call(self, started: CallStarted, rest: list[InboundEvent]) -> None:
-        srv = self._srv
-        metrics = srv._metrics
-        registry = srv._registry
-        session = CallSession(started, self._send, metrics, on_hangup=self._on_hangup)
-        refused = registry.admit(session)
-        if refused is not None:  # the state changed while the call was starting
-            registry.refuse(_TRANSPORT, refused, started.call_id)
-            self._send_hangup()
-            return
-        token = call_id_var.set(started.call_id)
-        self._session = session
-        log.info(
-            "call started: transport=%s format=%s/%d",
-            _TRANSPORT.value,
-            started.audio_format.encoding.value,
-            started.audio_format.sample_rate,
-        )
-        try:
-            try:
-                conversation = srv._make_conversation(session)
-            except Exception:
-                log.exception("could not set up the call's conversation")
-                session.outcome = "error"
-                self._send_hangup()
-                return
-            queue = OutboundAudio.for_format(started.audio_format, FRAME_MS)
-            self._queue = queue
-            self._proto.use_silence(queue.silence_frame)
-            session.start(conversation)
-            session.spawn(self._pace(), "pacer")
-            session.spawn(max_duration(session, srv._max_call_seconds), "max_duration")
-            if not await self._dispatch(rest):
-                await self._receive_loop()
-        except (ConnectionError, OSError):
-            raise  # the connection failed: run() logs it; the outcome stays what it was
-        except Exception as exc:
-            # A bug inside the call: end this call only, as an error, logged once.
-            log.error("call failed: %r; ending it", exc, exc_info=exc)
-            session.outcome = "error"
-            self._send_hangup()
-        finally:
-            try:
-                await session.aclose()
-                if session.conversation is not None:
-                    try:
-                        await session.conversation.finish()
-                    except Exception:
-                        log.exception("conversation finish failed")
-            finally:
-                registry.remove(session)
-                log.info(
-                    "call ended: outcome=%s duration=%.1fs",
-                    session.outcome,
-                    session.duration_seconds,
-                )
-                call_id_var.reset(token)
-
-    async def _receive_loop(self) -> None:
-        proto = self._proto
-        while not self._closing:
-            data = await self._read()
-            if self._closing:
-                return  # our own hang-up: the EOF that follows it is not the caller's
-            if await self._dispatch(proto.receive_data(data) if data else proto.eof()):
-                return
-
-    async def _dispatch(self, events: list[InboundEvent]) -> bool:
-        """Hand events to the conversation; True when the call is over."""
-        session = self._session
-        assert session is not None and session.conversation is not None
-        end = await dispatch(events, session.conversation.on_event, self._bad, self._frames_in)
-        if isinstance(end, Malformed):
-            session.outcome = "error"
-            self._send_hangup()
-        return end is not None
-
-    # ---------------------------------------------------------------- outbound
-
-    async def _send(self, event: OutboundEvent) -> None:
-        """The session's outbound path: the playout queue, never the socket directly."""
-        queue = self._queue
-        if queue is None:
-            return
-        if isinstance(event, PlayAudio):
-            queue.push(event.audio)
-        elif isinstance(event, SetMark):
-            queue.mark(event.name)
-        elif isinstance(event, ClearAudio):
-            retired = queue.clear()
-            session = self._session
-            if retired and session is not None and session.conversation is not None:
-                for mark in retired:
-                    session.conversation.on_event(mark)
-        # Hangup: on_hangup (called by CallSession.hangup) writes 00 00 00 and closes.
-
-    def _on_hangup(self, reason: str) -> None:
-        self._send_hangup()
-
-    def _send_hangup(self) -> None:
-        """``00 00 00`` then close; the receive loop then reads EOF and ends the call."""
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close; a code other than normal ends the call our way first (``00 00 00``)."""
         if self._closing:
             return
         self._closing = True
         writer = self._writer
         if writer.is_closing():
             return
-        writer.write(HANGUP_PACKET)
+        if code != CLOSE_NORMAL and not self._eof:
+            writer.write(HANGUP_PACKET)
         writer.close()  # flushes what is buffered first, then closes
-        # A peer that stopped reading would keep that flush (and so the close) pending.
-        # The receive loop wakes with EOF once the close completes; a peer that stopped
+        # The read loop wakes with EOF once the close completes; a peer that stopped
         # reading would keep the flush (and so the close) pending, hence the abort timer.
         self._abort_handle = asyncio.get_running_loop().call_later(
             _CLOSE_GRACE_SECONDS, writer.transport.abort
         )
 
-    async def _close_socket(self) -> None:
+    async def aclose(self) -> None:
+        """Final teardown after the call: close, wait (bounded), abort if still open."""
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
         writer = self._writer
         if not writer.is_closing():
             writer.close()
@@ -401,19 +306,22 @@ class _AudioSocketCall:
         if not writer.transport.is_closing():
             writer.transport.abort()
 
-    async def _pace(self) -> None:
+    def attach(self, session: CallSession) -> None:
+        self._adapter.attach_playout(OutboundAudio.for_format(session.audio_format, FRAME_MS))
+        session.spawn(self._pace(session), "pacer")
+
+    async def _pace(self, session: CallSession) -> None:
         """One 20 ms frame per tick on a fixed grid; marks fire as the frame clock passes them."""
         loop = asyncio.get_running_loop()
-        queue = self._queue
-        session = self._session
-        assert queue is not None and session is not None and session.conversation is not None
-        on_event = session.conversation.on_event
+        conversation = session.conversation  # started right after attach()
+        assert conversation is not None
+        on_event = conversation.on_event
         writer = self._writer
         write = writer.write
-        frame = self._proto.frame
-        next_frame = queue.next_frame
-        lateness = self._srv._metrics.pacing_lateness
-        frames_out = self._srv._metrics.frames.labels(_TRANSPORT.value, "out")
+        next_packet = self._adapter.next_packet
+        pop_played_marks = self._adapter.pop_played_marks
+        lateness = self._metrics.pacing_lateness
+        frames_out = self._metrics.frames.labels(_TRANSPORT.value, "out")
         pacer = FramePacer(FRAME_MS)
         pacer.start(loop.time())
         while not self._closing and not writer.is_closing():
@@ -423,9 +331,9 @@ class _AudioSocketCall:
             if due:
                 lateness.observe(late if late > 0.0 else 0.0)
                 for _ in range(due):
-                    write(frame(next_frame()))
+                    write(next_packet())
                 frames_out.inc(due)
-                for mark in queue.pop_played_marks():
+                for mark in pop_played_marks():
                     on_event(mark)
                 try:
                     # Returns at once unless the peer stopped reading (then the pacer

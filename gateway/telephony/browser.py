@@ -76,6 +76,7 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.telephony.adapter import AdapterBuffers
 from gateway.telephony.events import (
     PCM16_16K,
     CallEnded,
@@ -110,7 +111,6 @@ CLOSE_MESSAGE_TOO_BIG: Final = 1009
 
 DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 
-_NOTHING: Final[tuple[str, ...]] = ()
 _UNKNOWN_TYPE: Final = Ignored("unknown_type")
 _UNKNOWN_MARK: Final = Ignored("unknown_mark")
 _AFTER_HANGUP: Final = Ignored("after_hangup")
@@ -125,8 +125,11 @@ def _bad_size(size: int) -> Malformed:
     )
 
 
-class BrowserMediaProtocol:
+class BrowserMediaProtocol(AdapterBuffers):
     """One softphone call: parses what the page sends, builds what we send back.
+
+    A :class:`~gateway.telephony.adapter.MediaAdapter` (``receive_*`` then
+    ``events_received``; ``send`` / :meth:`notify` then ``data_to_send``).
 
     ``call_id`` comes from the verified token (the page never chooses it); ``metadata`` goes
     to the agent as call metadata. Not thread-safe; one instance per WebSocket.
@@ -139,7 +142,6 @@ class BrowserMediaProtocol:
         "_marks",
         "_max_control_bytes",
         "_metadata",
-        "_outbox",
         "_started",
     )
 
@@ -155,6 +157,7 @@ class BrowserMediaProtocol:
             raise ValueError("call_id must not be empty")
         if chunk_ms <= 0 or max_control_bytes <= 0:
             raise ValueError("chunk_ms and max_control_bytes must be positive")
+        super().__init__()
         self._call_id = call_id
         self._metadata = dict(metadata or {})
         self._chunk_bytes = chunk_ms * BYTES_PER_MS
@@ -162,7 +165,6 @@ class BrowserMediaProtocol:
         self._started = False
         self._ended = False
         self._marks: deque[str] = deque()  # sent, not yet answered, oldest first
-        self._outbox: list[str] = []
 
     @property
     def started(self) -> bool:
@@ -174,8 +176,18 @@ class BrowserMediaProtocol:
 
     # ---------------------------------------------------------------- inbound
 
-    def receive_bytes(self, data: bytes) -> list[InboundEvent]:
+    def receive_data(self, data: bytes) -> None:
         """One BINARY frame: caller audio (PCM16 16 kHz). Never raises."""
+        self._queue_events(self._audio(data))
+
+    def receive_text(self, text: str) -> None:
+        """One TEXT frame: a JSON control object. Never raises."""
+        self._queue_events(self._control(text))
+
+    def receive_eof(self) -> None:
+        """The page's socket closed without ``hangup``: nothing to report (the glue ends it)."""
+
+    def _audio(self, data: bytes) -> list[InboundEvent]:
         if not self._started:
             return [_BEFORE_START]
         if self._ended:
@@ -185,8 +197,7 @@ class BrowserMediaProtocol:
             return [_bad_size(size)]
         return [CallerAudio(data)]
 
-    def receive_text(self, text: str) -> list[InboundEvent]:
-        """One TEXT frame: a JSON control object. Never raises."""
+    def _control(self, text: str) -> list[InboundEvent]:
         if len(text) > self._max_control_bytes:
             return [
                 Malformed(
@@ -284,7 +295,11 @@ class BrowserMediaProtocol:
 
     # --------------------------------------------------------------- outbound
 
-    def send(self, event: OutboundEvent) -> list[str | bytes]:
+    def send(self, event: OutboundEvent) -> None:
+        """Queue the frames for ``event`` (see :meth:`_frames`) for ``data_to_send``."""
+        self._queue_output(self._frames(event))
+
+    def _frames(self, event: OutboundEvent) -> list[str | bytes]:
         """Frames to write for ``event``, in order (see the module docstring).
 
         After the page hung up everything returns ``[]``. Raises RuntimeError for audio or a
@@ -318,20 +333,13 @@ class BrowserMediaProtocol:
     def notify(self, kind: str, fields: Mapping[str, object]) -> None:
         """Queue a conversation event for the page (``{"type": kind, **fields}``).
 
-        Used as the call session's observer; picked up by :meth:`data_to_send`.
+        Used as the call session's observer; picked up by :meth:`data_to_send` (the runner
+        calls it after every receive and every send).
         """
         if not self._ended:
             body = dict(fields)
             body["type"] = kind
-            self._outbox.append(_json(body))
-
-    def data_to_send(self) -> list[str] | tuple[str, ...]:
-        """TEXT frames queued by :meth:`notify`; the driver calls this after every receive."""
-        if not self._outbox:
-            return _NOTHING
-        out = self._outbox
-        self._outbox = []
-        return out
+            self._output_one(_json(body))
 
 
 def _json(body: Mapping[str, object]) -> str:

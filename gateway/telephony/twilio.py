@@ -92,6 +92,7 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.telephony.adapter import AdapterBuffers
 from gateway.telephony.events import (
     ULAW_8K,
     CallEnded,
@@ -156,13 +157,16 @@ def _missing(field: str, *, fatal: bool = False) -> Malformed:
     )
 
 
-class TwilioMediaProtocol:
+class TwilioMediaProtocol(AdapterBuffers):
     """One Twilio media stream: parses what Twilio sends, builds what we send back.
 
-    Not thread-safe; one instance per WebSocket. ``chunk_ms`` is the largest outbound
-    ``media`` message (Twilio buffers larger ones fine, §1.4, but small chunks keep
-    ``clear`` and marks fine-grained). ``max_message_bytes`` bounds an inbound message's
-    length in characters, checked before parsing.
+    A :class:`~gateway.telephony.adapter.MediaAdapter`: ``receive_text`` / ``receive_data``
+    feed input, ``events_received`` returns the events, ``send`` queues output and
+    ``data_to_send`` returns the TEXT messages. Not thread-safe; one instance per WebSocket.
+    ``chunk_ms`` is the largest outbound ``media`` message (Twilio buffers larger ones
+    fine, §1.4, but small chunks keep ``clear`` and marks fine-grained).
+    ``max_message_bytes`` bounds an inbound message's length in characters, checked before
+    parsing.
     """
 
     __slots__ = (
@@ -184,6 +188,7 @@ class TwilioMediaProtocol:
             raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
         if chunk_ms <= 0:
             raise ValueError(f"chunk_ms must be positive, got {chunk_ms}")
+        super().__init__()
         self._max_message_bytes = max_message_bytes
         self._chunk_bytes = chunk_ms * MULAW_BYTES_PER_MS
         self._connected = False
@@ -239,8 +244,19 @@ class TwilioMediaProtocol:
 
     # ---------------------------------------------------------------- inbound
 
-    def receive_bytes(self, data: bytes) -> list[InboundEvent]:
+    def receive_data(self, data: bytes) -> None:
         """A binary frame: Twilio sends only TEXT frames (§1.3), so this is always fatal."""
+        self._queue_events(self._binary(data))
+
+    def receive_text(self, text: str) -> None:
+        """Parse one TEXT message from Twilio into zero or more events. Never raises."""
+        self._queue_events(self._parse(text))
+
+    def receive_eof(self) -> None:
+        """The socket closed without ``stop``: nothing to report (the glue ends the call)."""
+
+    @staticmethod
+    def _binary(data: bytes) -> list[InboundEvent]:
         return [
             Malformed(
                 "binary_frame",
@@ -250,8 +266,7 @@ class TwilioMediaProtocol:
             )
         ]
 
-    def receive_text(self, text: str) -> list[InboundEvent]:
-        """Parse one TEXT message from Twilio into zero or more events. Never raises."""
+    def _parse(self, text: str) -> list[InboundEvent]:
         # Length first: refusing a huge message must not cost a parse.
         if len(text) > self._max_message_bytes:
             return [
@@ -473,7 +488,13 @@ class TwilioMediaProtocol:
 
     # --------------------------------------------------------------- outbound
 
-    def send(self, event: OutboundEvent) -> list[str]:
+    def send(self, event: OutboundEvent) -> None:
+        """Queue the messages for ``event`` (see :meth:`_messages`) for ``data_to_send``."""
+        messages = self._messages(event)
+        if messages:
+            self._queue_output(messages)
+
+    def _messages(self, event: OutboundEvent) -> list[str]:
         """Messages to write for ``event``, in order (shapes as in §1.4).
 
         ``PlayAudio`` (μ-law 8 kHz bytes) becomes ``media`` messages of at most ``chunk_ms``

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.server import keys
@@ -28,6 +29,8 @@ from gateway.server.app import create_app
 from gateway.sim.asterisk_caller import AsteriskWsCaller, AudioSocketCaller
 from gateway.sim.hamsa_sim import OBSERVED_DELIVERY, create_sim_app
 from gateway.sim.twilio_caller import TwilioCaller
+from gateway.telephony.events import AudioFormat
+from gateway.telephony.pacing import FRAME_MS, OutboundAudio
 from telecodecs.g711 import ulaw_to_pcm16
 from tests.agent.audio import silence
 from tests.conftest import TIMEOUT
@@ -229,7 +232,7 @@ async def test_without_the_scheduler_the_sentence_breaks_up_over_asterisk_ws(
 
 
 async def test_long_reply_is_not_read_faster_than_playout_allows(
-    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """10.4: TTS is read only while <= PLAYOUT_MAX_AHEAD_SECONDS are queued ahead of playback,
     so the AudioSocket playout queue (gateway memory) stays bounded on a long reply."""
@@ -245,19 +248,27 @@ async def test_long_reply_is_not_read_faster_than_playout_allows(
         hamsa_short_audio_ms_per_char=4.0,
         playout_max_ahead_seconds=2.0,
     )
+    # The pacer's playout queue is the gateway memory in question: keep a handle on it.
+    queues: list[OutboundAudio] = []
+    real_for_format = OutboundAudio.for_format
+
+    def recording_for_format(audio_format: AudioFormat, frame_ms: int = FRAME_MS) -> OutboundAudio:
+        queue = real_for_format(audio_format, frame_ms)
+        queues.append(queue)
+        return queue
+
+    monkeypatch.setattr(OutboundAudio, "for_format", recording_for_format)
     client: TestClient = await aiohttp_client(create_app(settings))
     port = client.app[keys.AUDIOSOCKET].port  # type: ignore[index]
-    registry = client.app[keys.CALLS]  # type: ignore[index]
     async with AudioSocketCaller("127.0.0.1", port) as call:
         await call.play(silence(0.1), realtime=False)
         peak = 0.0
         deadline = time.monotonic() + 6.0
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            for session in registry.sessions():
-                queue = session._send.__self__._queue  # the pacer's playout queue
-                if queue is not None:
-                    peak = max(peak, queue.queued_ms)
+            for queue in queues:
+                peak = max(peak, queue.queued_ms)
+        assert len(queues) == 1  # the one call's queue
         assert len(call.heard_audio()) > 4 * 16000  # it played all along
     # 2 s ahead plus at most one TTS frame (2 s) read before the check: never the 21 s.
     assert 1500.0 < peak <= 4200.0

@@ -30,13 +30,14 @@ from gateway.telephony.events import (
     SetMark,
     Transport,
 )
+from tests.telephony.wire import data_in, out, text_in
 
 START = json.dumps({"type": "start", "format": {"encoding": "pcm16", "sampleRate": 16000}})
 
 
 def started(**kwargs: object) -> BrowserMediaProtocol:
     protocol = BrowserMediaProtocol("web-1", metadata={"origin": "http://x"}, **kwargs)  # type: ignore[arg-type]
-    protocol.receive_text(START)
+    text_in(protocol, START)
     protocol.data_to_send()
     return protocol
 
@@ -51,7 +52,7 @@ def reasons(events: list[InboundEvent]) -> list[tuple[str, str, bool]]:
 
 def test_start_announces_a_pcm16_16k_browser_call_with_the_token_call_id() -> None:
     protocol = BrowserMediaProtocol("web-abc", metadata={"origin": "http://127.0.0.1:1"})
-    events = protocol.receive_text(START)
+    events = text_in(protocol, START)
     assert events == [
         CallStarted(
             call_id="web-abc",
@@ -92,18 +93,18 @@ def test_bad_or_unknown_input_before_start(
     text: str, expected: list[tuple[str, str, bool]]
 ) -> None:
     protocol = BrowserMediaProtocol("web-1")
-    assert reasons(protocol.receive_text(text)) == expected
+    assert reasons(text_in(protocol, text)) == expected
     assert not protocol.started
 
 
 def test_fatal_close_codes() -> None:
     protocol = BrowserMediaProtocol("web-1")
-    [too_big] = protocol.receive_text("x" * 5000)
-    [bad_format] = protocol.receive_text('{"type":"start","format":{}}')
+    [too_big] = text_in(protocol, "x" * 5000)
+    [bad_format] = text_in(protocol, '{"type":"start","format":{}}')
     assert isinstance(too_big, Malformed) and too_big.close_code == 1009
     assert isinstance(bad_format, Malformed) and bad_format.close_code == 1003
-    protocol.receive_text(START)
-    [second] = protocol.receive_text(START)
+    text_in(protocol, START)
+    [second] = text_in(protocol, START)
     assert isinstance(second, Malformed) and (second.reason, second.fatal) == ("second_start", True)
     assert second.close_code == 1008
 
@@ -122,7 +123,7 @@ def test_fatal_close_codes() -> None:
 def test_audio_frames_must_be_whole_samples_within_the_limit(size: int, ok: bool) -> None:
     protocol = started()
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    events = protocol.receive_bytes(data)
+    events = data_in(protocol, data)
     if ok:
         assert events == [CallerAudio(data)]
         [event] = events
@@ -133,9 +134,7 @@ def test_audio_frames_must_be_whole_samples_within_the_limit(size: int, ok: bool
 
 def test_audio_before_start_is_counted_not_fatal() -> None:
     protocol = BrowserMediaProtocol("web-1")
-    assert reasons(protocol.receive_bytes(b"\0" * 640)) == [
-        ("Malformed", "media_before_start", False)
-    ]
+    assert reasons(data_in(protocol, b"\0" * 640)) == [("Malformed", "media_before_start", False)]
 
 
 @pytest.mark.parametrize(
@@ -151,7 +150,7 @@ def test_audio_before_start_is_counted_not_fatal() -> None:
     ],
 )
 def test_control_messages_after_start(text: str, expected: list[InboundEvent] | None) -> None:
-    events = started().receive_text(text)
+    events = text_in(started(), text)
     if expected is None:
         assert reasons(events) == [("Malformed", "missing_field", False)]
     else:
@@ -160,58 +159,58 @@ def test_control_messages_after_start(text: str, expected: list[InboundEvent] | 
 
 def test_marks_are_answered_played_or_cleared_by_the_page() -> None:
     protocol = started()
-    assert protocol.send(SetMark("t1.first")) == ['{"type":"mark","name":"t1.first"}']
-    protocol.send(SetMark("t1.s0"))
-    protocol.send(SetMark("t1.s1"))
-    assert protocol.receive_text('{"type":"mark","name":"t1.first","played":true}') == [
+    assert out(protocol, SetMark("t1.first")) == ['{"type":"mark","name":"t1.first"}']
+    out(protocol, SetMark("t1.s0"))
+    out(protocol, SetMark("t1.s1"))
+    assert text_in(protocol, '{"type":"mark","name":"t1.first","played":true}') == [
         MarkPlayed("t1.first", played=True)
     ]
-    assert protocol.send(ClearAudio()) == ['{"type":"clear"}']
+    assert out(protocol, ClearAudio()) == ['{"type":"clear"}']
     # The page answers the marks its clear dropped with played=false; an answer that crossed
     # the clear on the wire keeps its truth (it was played before the page saw the clear).
-    assert protocol.receive_text('{"type":"mark","name":"t1.s0","played":true}') == [
+    assert text_in(protocol, '{"type":"mark","name":"t1.s0","played":true}') == [
         MarkPlayed("t1.s0", played=True)
     ]
-    assert protocol.receive_text('{"type":"mark","name":"t1.s1","played":false}') == [
+    assert text_in(protocol, '{"type":"mark","name":"t1.s1","played":false}') == [
         MarkPlayed("t1.s1", played=False)
     ]
     assert protocol.marks_in_flight == ()
     # A second answer for the same mark is not ours any more.
-    assert protocol.receive_text('{"type":"mark","name":"t1.s1"}') == [Ignored("unknown_mark")]
+    assert text_in(protocol, '{"type":"mark","name":"t1.s1"}') == [Ignored("unknown_mark")]
 
 
 def test_page_hangup_retires_unanswered_marks_then_ends_the_call() -> None:
     protocol = started()
-    protocol.send(SetMark("a"))
-    protocol.send(SetMark("b"))
-    assert protocol.receive_text('{"type":"hangup"}') == [
+    out(protocol, SetMark("a"))
+    out(protocol, SetMark("b"))
+    assert text_in(protocol, '{"type":"hangup"}') == [
         MarkPlayed("a", played=False),
         MarkPlayed("b", played=False),
         CallEnded("remote_hangup"),
     ]
-    assert protocol.receive_bytes(b"\0" * 640) == [Ignored("after_hangup")]
-    assert protocol.receive_text('{"type":"mark","name":"a"}') == [Ignored("after_hangup")]
-    assert protocol.send(PlayAudio(b"\0" * 640)) == []
+    assert data_in(protocol, b"\0" * 640) == [Ignored("after_hangup")]
+    assert text_in(protocol, '{"type":"mark","name":"a"}') == [Ignored("after_hangup")]
+    assert out(protocol, PlayAudio(b"\0" * 640)) == []
 
 
 def test_play_audio_is_binary_in_chunks_of_at_most_chunk_ms() -> None:
     protocol = started(chunk_ms=100)
     small = b"\1\0" * 1600  # exactly 100 ms: sent as is, no copy
-    [frame] = protocol.send(PlayAudio(small))
+    [frame] = out(protocol, PlayAudio(small))
     assert frame is small
     big = bytes(range(256)) * 30  # 7680 bytes = 240 ms
-    frames = protocol.send(PlayAudio(big))
+    frames = out(protocol, PlayAudio(big))
     assert [len(f) for f in frames] == [3200, 3200, 1280]
     assert b"".join(f for f in frames if isinstance(f, bytes)) == big
-    assert protocol.send(PlayAudio(b"")) == []
+    assert out(protocol, PlayAudio(b"")) == []
 
 
 def test_hangup_is_announced_once_and_nothing_follows() -> None:
     protocol = started()
-    assert [json.loads(m) for m in protocol.send(Hangup("agent_hangup"))] == [
+    assert [json.loads(m) for m in out(protocol, Hangup("agent_hangup"))] == [
         {"type": "hangup", "reason": "agent_hangup"}
     ]
-    assert protocol.send(SetMark("late")) == []
+    assert out(protocol, SetMark("late")) == []
     protocol.notify("transcript", {"turn": 1, "text": "x"})
     assert protocol.data_to_send() == ()
 
@@ -219,12 +218,12 @@ def test_hangup_is_announced_once_and_nothing_follows() -> None:
 def test_send_before_start_is_a_programming_error_except_clear() -> None:
     protocol = BrowserMediaProtocol("web-1")
     with pytest.raises(RuntimeError):
-        protocol.send(PlayAudio(b"\0\0"))
+        out(protocol, PlayAudio(b"\0\0"))
     with pytest.raises(RuntimeError):
-        protocol.send(SetMark("m"))
-    assert protocol.send(ClearAudio()) == []
+        out(protocol, SetMark("m"))
+    assert out(protocol, ClearAudio()) == []
     with pytest.raises(ValueError):
-        started().send(SetMark(""))
+        out(started(), SetMark(""))
 
 
 def test_conversation_events_are_queued_as_json_for_the_page() -> None:

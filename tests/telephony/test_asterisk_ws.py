@@ -39,6 +39,17 @@ from gateway.telephony.events import (
     SetMark,
     Transport,
 )
+from tests.telephony.wire import (
+    data_in,
+    events,
+    pending,
+    produced,
+    reported,
+    text_in,
+)
+from tests.telephony.wire import (
+    out as send_out,
+)
 
 TIMEOUT = 5.0  # seconds; unused by these pure tests, kept for the suite-wide convention
 
@@ -72,7 +83,7 @@ JSON_START = json.dumps(
 
 def started(start: str = PLAIN_START, **kwargs: object) -> AsteriskWsProtocol:
     proto = AsteriskWsProtocol(**kwargs)  # type: ignore[arg-type]
-    events = proto.receive_text(start)
+    events = text_in(proto, start)
     assert len(events) == 1 and isinstance(events[0], CallStarted), events
     return proto
 
@@ -109,7 +120,7 @@ def test_audio_format_for(codec: str, expected: AudioFormat | None) -> None:
 
 def test_plain_media_start() -> None:
     proto = AsteriskWsProtocol(query={"call_id": "abc123", "lang": "en"})
-    [event] = proto.receive_text(PLAIN_START)
+    [event] = text_in(proto, PLAIN_START)
     assert event == CallStarted(
         call_id=CID,
         transport=Transport.ASTERISK_WS,
@@ -133,7 +144,7 @@ def test_json_media_start_metadata_and_format() -> None:
         query={"exten": "100", "DIALEDPEERNUMBER": "from-query"},
         forward_variables=("MEDIA_WEBSOCKET_CONNECTION_ID", "DIALEDPEERNUMBER"),
     )
-    [event] = proto.receive_text(JSON_START)
+    [event] = text_in(proto, JSON_START)
     assert isinstance(event, CallStarted)
     assert event.call_id == CID
     assert event.metadata["MEDIA_WEBSOCKET_CONNECTION_ID"] == "wsconn"  # allow-listed
@@ -146,7 +157,7 @@ def test_json_media_start_metadata_and_format() -> None:
 
 def test_old_version_start_without_channel_id_uses_channel_name() -> None:
     proto = AsteriskWsProtocol()
-    [event] = proto.receive_text(OLD_PLAIN_START)
+    [event] = text_in(proto, OLD_PLAIN_START)
     assert isinstance(event, CallStarted)
     assert event.call_id == "WebSocket/wsconn/0x7f0260004950"
     assert not proto.has_channel_id
@@ -154,7 +165,7 @@ def test_old_version_start_without_channel_id_uses_channel_name() -> None:
 
 def test_start_trailing_newline_and_missing_ptime_frame_size() -> None:
     proto = AsteriskWsProtocol()
-    [event] = proto.receive_text("MEDIA_START connection_id:c1 channel_id:9.1 format:slin16\n")
+    [event] = text_in(proto, "MEDIA_START connection_id:c1 channel_id:9.1 format:slin16\n")
     assert isinstance(event, CallStarted) and event.audio_format == PCM16_16K
     assert proto.frame_size == 640  # derived: 20 ms of slin16
 
@@ -181,16 +192,16 @@ def test_start_trailing_newline_and_missing_ptime_frame_size() -> None:
 )
 def test_bad_media_start(text: str, reason: str, fatal: bool) -> None:
     proto = AsteriskWsProtocol()
-    [event] = proto.receive_text(text)
+    [event] = text_in(proto, text)
     assert isinstance(event, Malformed) and event.reason == reason and event.fatal is fatal
     assert not proto.started
-    assert proto.receive_bytes(b"\xff" * 160) == []  # dead after a fatal error
+    assert data_in(proto, b"\xff" * 160) == []  # dead after a fatal error
 
 
 def test_duplicate_start_is_not_fatal() -> None:
     proto = started()
-    assert proto.receive_text(PLAIN_START) == [Malformed("duplicate_start")]
-    assert proto.receive_bytes(b"\xff" * 160) == [CallerAudio(b"\xff" * 160)]
+    assert text_in(proto, PLAIN_START) == [Malformed("duplicate_start")]
+    assert data_in(proto, b"\xff" * 160) == [CallerAudio(b"\xff" * 160)]
 
 
 # --------------------------------------------------------------------------- events table
@@ -252,7 +263,7 @@ EVENTS: list[tuple[str, str, list[InboundEvent]]] = [
 def test_event_both_formats(plain: str, as_json: str, expected: list[InboundEvent]) -> None:
     for start, text in ((PLAIN_START, plain), (JSON_START, as_json)):
         proto = started(start)
-        events = proto.receive_text(text)
+        events = text_in(proto, text)
         if plain.startswith("ERROR"):
             [event] = events
             assert isinstance(event, Malformed) and event.reason == "asterisk_error"
@@ -263,8 +274,8 @@ def test_event_both_formats(plain: str, as_json: str, expected: list[InboundEven
 
 def test_error_text_keeps_spaces_and_strips_newline() -> None:
     proto = started()
-    [event] = proto.receive_text(
-        f"ERROR channel_id:{CID} error_text:SET_MEDIA_DIRECTION only supports JSON format.\n"
+    [event] = text_in(
+        proto, f"ERROR channel_id:{CID} error_text:SET_MEDIA_DIRECTION only supports JSON format.\n"
     )
     assert event == Malformed("asterisk_error", "SET_MEDIA_DIRECTION only supports JSON format.")
 
@@ -289,47 +300,47 @@ def test_error_text_keeps_spaces_and_strips_newline() -> None:
 )
 def test_malformed_control(text: str, reason: str) -> None:
     proto = started()
-    [event] = proto.receive_text(text)
+    [event] = text_in(proto, text)
     assert isinstance(event, Malformed) and event.reason == reason and not event.fatal
-    assert proto.receive_text(f"DTMF_END digit:1 channel_id:{CID}") == [Dtmf("1")]
+    assert text_in(proto, f"DTMF_END digit:1 channel_id:{CID}") == [Dtmf("1")]
 
 
 def test_oversized_text_and_binary() -> None:
     proto = started(max_message_bytes=1000)
-    [event] = proto.receive_text("DTMF_END digit:1 x:" + "a" * 1000)
+    [event] = text_in(proto, "DTMF_END digit:1 x:" + "a" * 1000)
     assert isinstance(event, Malformed) and event.reason == "oversized_message"
-    [event] = proto.receive_bytes(b"\xff" * 1001)
+    [event] = data_in(proto, b"\xff" * 1001)
     assert isinstance(event, Malformed) and event.reason == "oversized_message"
-    assert proto.receive_bytes(b"\xff" * 1000) == [CallerAudio(b"\xff" * 1000)]
+    assert data_in(proto, b"\xff" * 1000) == [CallerAudio(b"\xff" * 1000)]
 
 
 def test_events_before_start() -> None:
     proto = AsteriskWsProtocol()
-    assert proto.receive_bytes(b"\xff" * 160) == [Malformed("audio_before_start", "160 bytes")]
-    [event] = proto.receive_text("DTMF_END digit:1")
+    assert data_in(proto, b"\xff" * 160) == [Malformed("audio_before_start", "160 bytes")]
+    [event] = text_in(proto, "DTMF_END digit:1")
     assert isinstance(event, Malformed) and event.reason == "before_start"
-    assert isinstance(proto.receive_text(PLAIN_START)[0], CallStarted)
+    assert isinstance(text_in(proto, PLAIN_START)[0], CallStarted)
 
 
 def test_binary_audio_rules() -> None:
     proto = started()
-    assert proto.receive_bytes(b"\xff" * 12) == [CallerAudio(b"\xff" * 12)]  # short last piece
-    assert proto.receive_bytes(b"") == [Ignored("empty_audio")]
+    assert data_in(proto, b"\xff" * 12) == [CallerAudio(b"\xff" * 12)]  # short last piece
+    assert data_in(proto, b"") == [Ignored("empty_audio")]
     slin = started(
         PLAIN_START.replace(
             "format:ulaw optimal_frame_size:160", "format:slin optimal_frame_size:320"
         )
     )
-    [event] = slin.receive_bytes(b"\x00" * 25)
+    [event] = data_in(slin, b"\x00" * 25)
     assert isinstance(event, Malformed) and event.reason == "partial_sample"
-    assert slin.receive_bytes(b"\x00" * 24) == [CallerAudio(b"\x00" * 24)]
+    assert data_in(slin, b"\x00" * 24) == [CallerAudio(b"\x00" * 24)]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200))
 def test_junk_text_never_raises(junk: str) -> None:
     proto = started()
-    for event in proto.receive_text(junk):
+    for event in text_in(proto, junk):
         assert isinstance(event, (Malformed, Ignored, Dtmf, OutboundFlow, PlaybackDrained))
 
 
@@ -337,7 +348,7 @@ def test_junk_text_never_raises(junk: str) -> None:
 @given(st.binary(max_size=400))
 def test_junk_binary_never_raises(junk: bytes) -> None:
     proto = started()
-    assert all(isinstance(e, (CallerAudio, Ignored, Malformed)) for e in proto.receive_bytes(junk))
+    assert all(isinstance(e, (CallerAudio, Ignored, Malformed)) for e in data_in(proto, junk))
 
 
 @pytest.mark.parametrize(
@@ -352,16 +363,16 @@ def test_junk_binary_never_raises(junk: bytes) -> None:
 )
 def test_closed(code: int | None, reason: str) -> None:
     proto = started()
-    assert proto.closed(code) == [CallEnded(reason)]
-    assert proto.closed(code) == []
-    assert proto.receive_bytes(b"\xff" * 160) == []
+    assert reported(proto, lambda: proto.receive_eof(code)) == [CallEnded(reason)]
+    assert reported(proto, lambda: proto.receive_eof(code)) == []
+    assert data_in(proto, b"\xff" * 160) == []
 
 
 def test_closed_after_our_hangup() -> None:
     proto = started()
-    assert proto.send(Hangup()) == ["HANGUP"]
-    assert proto.send(PlayAudio(b"\xff" * 160)) == []  # nothing after HANGUP
-    assert proto.closed(1000) == [CallEnded("local_hangup")]
+    assert send_out(proto, Hangup()) == ["HANGUP"]
+    assert send_out(proto, PlayAudio(b"\xff" * 160)) == []  # nothing after HANGUP
+    assert reported(proto, lambda: proto.receive_eof(1000)) == [CallEnded("local_hangup")]
 
 
 # --------------------------------------------------------------------------- outbound
@@ -373,10 +384,10 @@ def test_play_audio_sends_exact_frame_multiples(chunk: int) -> None:
     audio = bytes(range(256)) * 100  # 25600 bytes = 160 frames exactly
     sent: list[bytes] = []
     for i in range(0, len(audio), chunk):
-        for item in proto.send(PlayAudio(audio[i : i + chunk])):
+        for item in send_out(proto, PlayAudio(audio[i : i + chunk])):
             assert isinstance(item, bytes)
             sent.append(item)
-    sent += [b for b in proto.flush_audio() if isinstance(b, bytes)]
+    sent += [b for b in produced(proto, proto.flush_audio) if isinstance(b, bytes)]
     assert all(len(m) % 160 == 0 and 0 < len(m) <= MAX_OUT_MESSAGE_BYTES for m in sent)
     assert b"".join(sent) == audio
     assert proto.bytes_sent == len(audio)
@@ -397,25 +408,25 @@ def test_play_audio_sends_exact_frame_multiples(chunk: int) -> None:
 )
 def test_flush_pads_with_codec_silence(start: str, silence_byte: int) -> None:
     proto = started(start)
-    assert proto.send(PlayAudio(b"\x01\x02" * 25)) == []  # 50 bytes carried
-    [frame] = proto.flush_audio()
+    assert send_out(proto, PlayAudio(b"\x01\x02" * 25)) == []  # 50 bytes carried
+    [frame] = produced(proto, proto.flush_audio)
     assert isinstance(frame, bytes) and len(frame) == proto.frame_size
     assert frame[:50] == b"\x01\x02" * 25
     assert set(frame[50:]) == {silence_byte}
-    assert proto.flush_audio() == []
+    assert produced(proto, proto.flush_audio) == []
 
 
 def test_big_play_audio_is_split_and_budgeted() -> None:
     proto = started(frames_per_message=400)
-    out = proto.send(PlayAudio(b"\xff" * 160 * 1000))  # 20 s in one event
+    out = send_out(proto, PlayAudio(b"\xff" * 160 * 1000))  # 20 s in one event
     audio = [m for m in out if isinstance(m, bytes)]
     assert all(len(m) <= MAX_OUT_MESSAGE_BYTES for m in audio)
     # Only 800 frames may be in flight (XOFF comes at 900, drops at 1000); the rest waits
     # for proof of playout, which the byte clock asks for with REPORT_QUEUE_DRAINED.
     assert sum(map(len, audio)) == proto.bytes_sent == 160 * 800
     assert out[-1] == "REPORT_QUEUE_DRAINED"
-    assert proto.receive_text("QUEUE_DRAINED") == [PlaybackDrained()]
-    rest = proto.data_to_send()
+    assert text_in(proto, "QUEUE_DRAINED") == [PlaybackDrained()]
+    rest = pending(proto)
     assert sum(len(m) for m in rest if isinstance(m, bytes)) == 160 * 200
 
 
@@ -435,28 +446,28 @@ def test_bad_limits_rejected(kwargs: dict[str, int]) -> None:
 
 def test_mark_media_json() -> None:
     proto = started(JSON_START)
-    out = proto.send(PlayAudio(b"\x00" * 200))
-    out += proto.send(SetMark("utterance-1"))
+    out = send_out(proto, PlayAudio(b"\x00" * 200))
+    out += send_out(proto, SetMark("utterance-1"))
     assert out[0] == b"\x00" * 160
     assert out[1] == b"\x00" * 40 + b"\xff" * 120  # the mark flushes the partial frame
     assert json.loads(out[2]) == {"command": "MARK_MEDIA", "correlation_id": "m1"}
     echo = f'{{"event":"MEDIA_MARK_PROCESSED","channel_id":"{CID}","correlation_id":"m1"}}'
-    assert proto.receive_text(echo) == [MarkPlayed("utterance-1", True)]
-    assert proto.receive_text(echo) == [Ignored("unknown_mark")]  # only once
+    assert text_in(proto, echo) == [MarkPlayed("utterance-1", True)]
+    assert text_in(proto, echo) == [Ignored("unknown_mark")]  # only once
 
 
 def test_mark_media_plain_when_forced() -> None:
     proto = started(mark_media=True)
     assert proto.tracking is Tracking.MARK_MEDIA
-    assert proto.send(SetMark("a b c")) == ["MARK_MEDIA m1"]
-    assert proto.receive_text("MEDIA_MARK_PROCESSED m1") == [MarkPlayed("a b c", True)]
+    assert send_out(proto, SetMark("a b c")) == ["MARK_MEDIA m1"]
+    assert text_in(proto, "MEDIA_MARK_PROCESSED m1") == [MarkPlayed("a b c", True)]
 
 
 def test_long_mark_names_stay_under_128_bytes() -> None:
     for start in (PLAIN_START, JSON_START):
         proto = started(start, mark_media=True)
         for i in range(2000):
-            for item in proto.send(SetMark("x" * 500 + str(i))):
+            for item in send_out(proto, SetMark("x" * 500 + str(i))):
                 assert text_len(item) < MAX_TEXT_COMMAND_BYTES
 
 
@@ -468,49 +479,53 @@ def test_command_guard_refuses_long_text() -> None:
 
 def test_clear_json_retires_marks_and_reports_drained() -> None:
     proto = started(JSON_START)
-    proto.send(PlayAudio(b"\x00" * 1600))
-    proto.send(SetMark("a"))
-    proto.send(PlayAudio(b"\x00" * 1600))
-    proto.send(SetMark("b"))
-    proto.send(PlayAudio(b"\x00" * 100))  # partial frame carried, must be dropped by clear
-    out = proto.send(ClearAudio())
+    send_out(proto, PlayAudio(b"\x00" * 1600))
+    send_out(proto, SetMark("a"))
+    send_out(proto, PlayAudio(b"\x00" * 1600))
+    send_out(proto, SetMark("b"))
+    send_out(proto, PlayAudio(b"\x00" * 100))  # partial frame carried, must be dropped by clear
+    out = send_out(proto, ClearAudio())
     assert [json.loads(t)["command"] for t in out if isinstance(t, str)] == [
         "FLUSH_MEDIA",
         "REPORT_QUEUE_DRAINED",
     ]
-    assert proto.retire_flushed_marks() == [MarkPlayed("a", False), MarkPlayed("b", False)]
-    assert proto.retire_flushed_marks() == []
-    assert proto.flush_audio() == []  # carry was dropped
+    assert events(proto) == [MarkPlayed("a", False), MarkPlayed("b", False)]
+    assert events(proto) == []
+    assert produced(proto, proto.flush_audio) == []  # carry was dropped
     assert proto.pending_marks == 0
 
 
 def test_clear_after_pause_continues_media() -> None:
     proto = started()
-    assert proto.pause_media() == ["PAUSE_MEDIA"]
-    assert proto.send(ClearAudio()) == ["FLUSH_MEDIA", "CONTINUE_MEDIA", "REPORT_QUEUE_DRAINED"]
-    assert proto.send(ClearAudio()) == ["FLUSH_MEDIA", "REPORT_QUEUE_DRAINED"]
+    assert produced(proto, proto.pause_media) == ["PAUSE_MEDIA"]
+    assert send_out(proto, ClearAudio()) == [
+        "FLUSH_MEDIA",
+        "CONTINUE_MEDIA",
+        "REPORT_QUEUE_DRAINED",
+    ]
+    assert send_out(proto, ClearAudio()) == ["FLUSH_MEDIA", "REPORT_QUEUE_DRAINED"]
 
 
 def test_byte_clock_marks_confirmed_by_queue_drained() -> None:
     proto = started()  # plain text -> byte clock
-    assert proto.send(PlayAudio(b"\xff" * 320)) == [b"\xff" * 320]
-    assert proto.send(SetMark("a")) == ["REPORT_QUEUE_DRAINED"]
-    assert proto.send(PlayAudio(b"\xff" * 320)) == [b"\xff" * 320]
-    assert proto.send(SetMark("b")) == []  # a request is already outstanding
-    events = proto.receive_text("QUEUE_DRAINED")
+    assert send_out(proto, PlayAudio(b"\xff" * 320)) == [b"\xff" * 320]
+    assert send_out(proto, SetMark("a")) == ["REPORT_QUEUE_DRAINED"]
+    assert send_out(proto, PlayAudio(b"\xff" * 320)) == [b"\xff" * 320]
+    assert send_out(proto, SetMark("b")) == []  # a request is already outstanding
+    events = text_in(proto, "QUEUE_DRAINED")
     # Only "a" is proven: "b" was set after the request, so we ask again.
     assert events == [MarkPlayed("a", True), PlaybackDrained()]
-    assert proto.data_to_send() == ["REPORT_QUEUE_DRAINED"]
-    assert proto.receive_text("QUEUE_DRAINED") == [MarkPlayed("b", True), PlaybackDrained()]
-    assert proto.data_to_send() == []
+    assert pending(proto) == ["REPORT_QUEUE_DRAINED"]
+    assert text_in(proto, "QUEUE_DRAINED") == [MarkPlayed("b", True), PlaybackDrained()]
+    assert pending(proto) == []
 
 
 def test_byte_clock_marks_reached() -> None:
     proto = started()
-    proto.send(PlayAudio(b"\xff" * 320))
-    proto.send(SetMark("a"))
-    proto.send(PlayAudio(b"\xff" * 320))
-    proto.send(SetMark("b"))
+    send_out(proto, PlayAudio(b"\xff" * 320))
+    send_out(proto, SetMark("a"))
+    send_out(proto, PlayAudio(b"\xff" * 320))
+    send_out(proto, SetMark("b"))
     assert proto.marks_reached(319) == []
     assert proto.marks_reached(320) == [MarkPlayed("a", True)]
     assert proto.marks_reached(10_000) == [MarkPlayed("b", True)]
@@ -518,14 +533,14 @@ def test_byte_clock_marks_reached() -> None:
 
 def test_xoff_holds_audio_and_marks_in_order_until_xon() -> None:
     proto = started(JSON_START)
-    assert proto.receive_text('{"event":"MEDIA_XOFF"}') == [OutboundFlow(True)]
+    assert text_in(proto, '{"event":"MEDIA_XOFF"}') == [OutboundFlow(True)]
     assert proto.flow_paused
-    assert proto.send(PlayAudio(b"\x01" * 160)) == []
-    assert proto.send(SetMark("m")) == []
-    assert proto.send(PlayAudio(b"\x02" * 160)) == []
+    assert send_out(proto, PlayAudio(b"\x01" * 160)) == []
+    assert send_out(proto, SetMark("m")) == []
+    assert send_out(proto, PlayAudio(b"\x02" * 160)) == []
     assert proto.bytes_sent == 0
-    assert proto.receive_text('{"event":"MEDIA_XON"}') == [OutboundFlow(False)]
-    out = proto.data_to_send()
+    assert text_in(proto, '{"event":"MEDIA_XON"}') == [OutboundFlow(False)]
+    out = pending(proto)
     assert out[0] == b"\x01" * 160 and out[2] == b"\x02" * 160
     assert isinstance(out[1], str) and json.loads(out[1])["command"] == "MARK_MEDIA"
     assert proto.bytes_sent == 320
@@ -533,23 +548,23 @@ def test_xoff_holds_audio_and_marks_in_order_until_xon() -> None:
 
 def test_clear_during_xoff_drops_held_audio() -> None:
     proto = started()
-    proto.receive_text("MEDIA_XOFF")
-    proto.send(PlayAudio(b"\x01" * 1600))
-    assert proto.send(ClearAudio()) == ["FLUSH_MEDIA", "REPORT_QUEUE_DRAINED"]
-    proto.receive_text("MEDIA_XON")
-    assert proto.data_to_send() == []
+    text_in(proto, "MEDIA_XOFF")
+    send_out(proto, PlayAudio(b"\x01" * 1600))
+    assert send_out(proto, ClearAudio()) == ["FLUSH_MEDIA", "REPORT_QUEUE_DRAINED"]
+    text_in(proto, "MEDIA_XON")
+    assert pending(proto) == []
 
 
 def test_control_format_forced() -> None:
     proto = started(control_format="json")
-    assert proto.send(Hangup()) == ['{"command":"HANGUP"}']
+    assert send_out(proto, Hangup()) == ['{"command":"HANGUP"}']
     proto = started(JSON_START, control_format=ControlFormat.PLAIN)
-    assert proto.answer() == ["ANSWER"]
+    assert produced(proto, proto.answer) == ["ANSWER"]
 
 
 def test_send_before_start() -> None:
     proto = AsteriskWsProtocol()
-    assert proto.send(ClearAudio()) == []
+    assert send_out(proto, ClearAudio()) == []
     with pytest.raises(RuntimeError):
-        proto.send(PlayAudio(b"\xff"))
-    assert proto.send(Hangup()) == ["HANGUP"]
+        send_out(proto, PlayAudio(b"\xff"))
+    assert send_out(proto, Hangup()) == ["HANGUP"]

@@ -34,6 +34,7 @@ from gateway.telephony.events import (
     PlaybackDrained,
     SetMark,
 )
+from tests.telephony.wire import data_in, out, text_in
 
 TIMEOUT = 5.0
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "asterisk-23.4.1"
@@ -69,12 +70,13 @@ def replay(
     summary: dict[str, Any] = {}
     for record in records:
         if record["event"] == "RX_TEXT":
-            events += proto.receive_text(record["text"])
+            events += text_in(proto, record["text"])
         elif record["event"] == "RX_BINARY":
-            events += proto.receive_bytes(binary_payload(record))
+            events += data_in(proto, binary_payload(record))
         elif record["event"] == "CLOSED":
             summary = record
-            events += proto.closed(record["rcvd_close"])
+            proto.receive_eof(record["rcvd_close"])
+            events += proto.events_received()
     return proto, events, summary
 
 
@@ -148,11 +150,11 @@ def test_json_mark_round_trip_matches_capture() -> None:
         for r in records
         if "QUEUE_DRAINED" in r.get("text", "") and r["event"] == "RX_TEXT"
     )
-    proto.receive_text(next(r["text"] for r in records if r["event"] == "RX_TEXT"))
-    [command] = proto.send(SetMark("greeting"))
+    text_in(proto, next(r["text"] for r in records if r["event"] == "RX_TEXT"))
+    [command] = out(proto, SetMark("greeting"))
     assert isinstance(command, str) and json.loads(command) == json.loads(sent_mark)
-    assert proto.receive_text(echo) == [MarkPlayed("greeting", True)]
-    assert proto.receive_text(drained) == [PlaybackDrained()]
+    assert text_in(proto, echo) == [MarkPlayed("greeting", True)]
+    assert text_in(proto, drained) == [PlaybackDrained()]
 
 
 def test_plain_commands_transcript() -> None:
@@ -169,12 +171,12 @@ def test_plain_commands_transcript() -> None:
     assert PlaybackDrained() in events
     # The real echo "MEDIA_MARK_PROCESSED m1" answers our first plain-text mark.
     fresh = AsteriskWsProtocol(mark_media=True)
-    fresh.receive_text(next(r["text"] for r in records if r["event"] == "RX_TEXT"))
-    assert fresh.send(SetMark("x")) == ["MARK_MEDIA m1"]
+    text_in(fresh, next(r["text"] for r in records if r["event"] == "RX_TEXT"))
+    assert out(fresh, SetMark("x")) == ["MARK_MEDIA m1"]
     sent = [r["text"] for r in records if r["event"] == "SENT_TEXT"]
     assert "MARK_MEDIA m1" in sent and "HANGUP" in sent
-    assert fresh.receive_text("MEDIA_MARK_PROCESSED m1") == [MarkPlayed("x", True)]
-    assert fresh.send(Hangup()) == ["HANGUP"]
+    assert text_in(fresh, "MEDIA_MARK_PROCESSED m1") == [MarkPlayed("x", True)]
+    assert out(fresh, Hangup()) == ["HANGUP"]
 
 
 def test_server_close_dtmf() -> None:
@@ -203,9 +205,10 @@ def test_transcript_split_into_fragments_is_robust(name: str) -> None:
         text = record["text"]
         for cut in range(1, len(text)):
             proto = AsteriskWsProtocol()
-            proto.receive_text(
-                "MEDIA_START connection_id:c channel_id:1.1 format:ulaw optimal_frame_size:160"
+            text_in(
+                proto,
+                "MEDIA_START connection_id:c channel_id:1.1 format:ulaw optimal_frame_size:160",
             )
             for part in (text[:cut], text[cut:]):
-                for event in proto.receive_text(part):
+                for event in text_in(proto, part):
                     assert not (isinstance(event, Malformed) and event.fatal)

@@ -25,6 +25,7 @@ from gateway.telephony.events import (
     SetMark,
 )
 from tests.telephony.test_asterisk_ws_golden import load, query_of
+from tests.telephony.wire import data_in, events, out, text_in
 
 CID = "1795597183.14"
 
@@ -76,11 +77,11 @@ AFTER_START: list[tuple[str, str]] = [
 @pytest.mark.parametrize(("text", "reason"), AFTER_START, ids=range(len(AFTER_START)))
 def test_crafted_control_text_is_malformed_and_the_call_goes_on(text: str, reason: str) -> None:
     proto = AsteriskWsProtocol()
-    [start] = proto.receive_text(plain_start())
+    [start] = text_in(proto, plain_start())
     assert isinstance(start, CallStarted)
-    [event] = proto.receive_text(text)
+    [event] = text_in(proto, text)
     assert isinstance(event, Malformed) and event.reason == reason and not event.fatal
-    assert proto.receive_bytes(b"\xff" * 160) == [CallerAudio(b"\xff" * 160)]
+    assert data_in(proto, b"\xff" * 160) == [CallerAudio(b"\xff" * 160)]
 
 
 # MEDIA_START with a bad ptime: counted (non-fatal Malformed first), the call starts at 20 ms.
@@ -99,13 +100,13 @@ BAD_PTIME: list[str] = [
 @pytest.mark.parametrize("text", BAD_PTIME, ids=range(len(BAD_PTIME)))
 def test_bad_ptime_is_counted_and_the_call_starts(text: str) -> None:
     proto = AsteriskWsProtocol()
-    events = proto.receive_text(text)
+    events = text_in(proto, text)
     assert len(events) == 2, events
     bad, start = events
     assert isinstance(bad, Malformed) and bad.reason == "bad_media_start" and not bad.fatal
     assert isinstance(start, CallStarted)
     assert proto.ptime_ms == 20 and proto.frame_size == 160
-    assert proto.receive_bytes(b"\xff" * 160) == [CallerAudio(b"\xff" * 160)]
+    assert data_in(proto, b"\xff" * 160) == [CallerAudio(b"\xff" * 160)]
 
 
 BAD_FRAME_SIZE: list[str] = [
@@ -119,15 +120,15 @@ BAD_FRAME_SIZE: list[str] = [
 @pytest.mark.parametrize("text", BAD_FRAME_SIZE, ids=range(len(BAD_FRAME_SIZE)))
 def test_bad_frame_size_is_a_clear_fatal_error_not_an_exception(text: str) -> None:
     proto = AsteriskWsProtocol()
-    [event] = proto.receive_text(text)
+    [event] = text_in(proto, text)
     assert isinstance(event, Malformed) and event.reason == "bad_media_start" and event.fatal
 
 
 def test_nested_json_before_start_is_malformed() -> None:
     proto = AsteriskWsProtocol()
-    [event] = proto.receive_text('{"event":"MEDIA_START","channel_variables":' + "[" * NESTED)
+    [event] = text_in(proto, '{"event":"MEDIA_START","channel_variables":' + "[" * NESTED)
     assert isinstance(event, Malformed) and event.reason == "bad_json"
-    [start] = proto.receive_text(plain_start())
+    [start] = text_in(proto, plain_start())
     assert isinstance(start, CallStarted)
 
 
@@ -139,7 +140,7 @@ def test_real_v_parameters_reach_the_agent_from_the_query_string() -> None:
     records = load("uri_params")
     start = next(r["text"] for r in records if r["event"] == "RX_TEXT")
     proto = AsteriskWsProtocol(query=query_of(records))  # no allow-list at all
-    [event] = proto.receive_text(start)
+    [event] = text_in(proto, start)
     assert isinstance(event, CallStarted)
     assert dict(event.metadata) == {
         "call_id": "abc123",
@@ -161,7 +162,7 @@ def _real_json_start_with_inherited_variables() -> str:
 
 def test_inherited_channel_variables_are_not_forwarded_by_default() -> None:
     proto = AsteriskWsProtocol()
-    [event] = proto.receive_text(_real_json_start_with_inherited_variables())
+    [event] = text_in(proto, _real_json_start_with_inherited_variables())
     assert isinstance(event, CallStarted)
     assert set(event.metadata) == {"connection_id", "channel"}
 
@@ -170,7 +171,7 @@ def test_only_allow_listed_channel_variables_are_forwarded() -> None:
     proto = AsteriskWsProtocol(
         query={"exten": "100"}, forward_variables=("LANG", "MEDIA_WEBSOCKET_CONNECTION_ID")
     )
-    [event] = proto.receive_text(_real_json_start_with_inherited_variables())
+    [event] = text_in(proto, _real_json_start_with_inherited_variables())
     assert isinstance(event, CallStarted)
     assert event.metadata["LANG"] == "ar"
     assert event.metadata["MEDIA_WEBSOCKET_CONNECTION_ID"] == "wsconn"
@@ -184,7 +185,7 @@ def test_allow_listed_variable_that_is_not_utf8_is_dropped() -> None:
     text = json_start(channel_variables={"OK": "yes"}).replace(
         '"OK":"yes"', '"OK":"yes","LANG":"\\udc80"'
     )
-    [event] = proto.receive_text(text)
+    [event] = text_in(proto, text)
     assert isinstance(event, CallStarted)
     assert event.metadata.get("OK") == "yes" and "LANG" not in event.metadata
 
@@ -205,35 +206,35 @@ FRAME = b"\xff" * 160  # 20 ms of ulaw
 
 def _audio_at(proto: AsteriskWsProtocol, clock: FakeClock, t: float) -> list[InboundEvent]:
     clock.now = 100.0 + t
-    return proto.receive_bytes(FRAME)
+    return data_in(proto, FRAME)
 
 
 def test_plain_marks_retire_at_their_playout_time() -> None:
     clock = FakeClock()
     proto = AsteriskWsProtocol(clock=clock)
-    proto.receive_text(plain_start())
-    proto.send(PlayAudio(FRAME))
-    proto.send(SetMark("first"))  # the voice agent's "caller starts hearing" mark
-    proto.send(PlayAudio(FRAME * 50))  # one more second of reply
-    proto.send(SetMark("end"))
+    text_in(proto, plain_start())
+    out(proto, PlayAudio(FRAME))
+    out(proto, SetMark("first"))  # the voice agent's "caller starts hearing" mark
+    out(proto, PlayAudio(FRAME * 50))  # one more second of reply
+    out(proto, SetMark("end"))
     assert _audio_at(proto, clock, 0.019) == [CallerAudio(FRAME)]
     assert _audio_at(proto, clock, 0.021) == [CallerAudio(FRAME), MarkPlayed("first", True)]
     assert _audio_at(proto, clock, 1.000) == [CallerAudio(FRAME)]
     assert _audio_at(proto, clock, 1.021) == [CallerAudio(FRAME), MarkPlayed("end", True)]
     # The QUEUE_DRAINED that follows finds nothing left to report.
-    assert proto.receive_text("QUEUE_DRAINED") == [PlaybackDrained()]
+    assert text_in(proto, "QUEUE_DRAINED") == [PlaybackDrained()]
 
 
 def test_audio_sent_after_a_pause_in_playout_is_timed_from_its_own_send_time() -> None:
     clock = FakeClock()
     proto = AsteriskWsProtocol(clock=clock)
-    proto.receive_text(plain_start())
-    proto.send(PlayAudio(FRAME))
-    proto.send(SetMark("a"))
+    text_in(proto, plain_start())
+    out(proto, PlayAudio(FRAME))
+    out(proto, SetMark("a"))
     assert _audio_at(proto, clock, 0.03) == [CallerAudio(FRAME), MarkPlayed("a", True)]
     clock.now = 105.0  # Asterisk's queue ran empty long ago
-    proto.send(PlayAudio(FRAME * 5))
-    proto.send(SetMark("b"))
+    out(proto, PlayAudio(FRAME * 5))
+    out(proto, SetMark("b"))
     assert _audio_at(proto, clock, 5.099) == [CallerAudio(FRAME)]
     assert _audio_at(proto, clock, 5.101) == [CallerAudio(FRAME), MarkPlayed("b", True)]
 
@@ -241,14 +242,14 @@ def test_audio_sent_after_a_pause_in_playout_is_timed_from_its_own_send_time() -
 def test_clear_empties_the_modelled_queue() -> None:
     clock = FakeClock()
     proto = AsteriskWsProtocol(clock=clock)
-    proto.receive_text(plain_start())
-    proto.send(PlayAudio(FRAME * 100))  # 2 s queued
-    proto.send(SetMark("cut"))
+    text_in(proto, plain_start())
+    out(proto, PlayAudio(FRAME * 100))  # 2 s queued
+    out(proto, SetMark("cut"))
     clock.now = 100.5
-    proto.send(ClearAudio())
-    assert proto.retire_flushed_marks() == [MarkPlayed("cut", False)]
-    proto.send(PlayAudio(FRAME))
-    proto.send(SetMark("next"))
+    out(proto, ClearAudio())
+    assert events(proto) == [MarkPlayed("cut", False)]
+    out(proto, PlayAudio(FRAME))
+    out(proto, SetMark("next"))
     # Played 20 ms after it was sent, not after the flushed 2 s.
     assert _audio_at(proto, clock, 0.521) == [CallerAudio(FRAME), MarkPlayed("next", True)]
 
@@ -256,26 +257,26 @@ def test_clear_empties_the_modelled_queue() -> None:
 def test_slin16_rate_and_without_a_clock_only_queue_drained_retires() -> None:
     clock = FakeClock()
     proto = AsteriskWsProtocol(clock=clock)
-    proto.receive_text(plain_start(format="slin16", optimal_frame_size="640"))
-    proto.send(PlayAudio(b"\x00" * 640 * 10))  # 200 ms at 32000 bytes/s
-    proto.send(SetMark("m"))
+    text_in(proto, plain_start(format="slin16", optimal_frame_size="640"))
+    out(proto, PlayAudio(b"\x00" * 640 * 10))  # 200 ms at 32000 bytes/s
+    out(proto, SetMark("m"))
     pcm = b"\x00" * 640
     clock.now = 100.199
-    assert proto.receive_bytes(pcm) == [CallerAudio(pcm)]
+    assert data_in(proto, pcm) == [CallerAudio(pcm)]
     clock.now = 100.201
-    assert proto.receive_bytes(pcm) == [CallerAudio(pcm), MarkPlayed("m", True)]
+    assert data_in(proto, pcm) == [CallerAudio(pcm), MarkPlayed("m", True)]
     no_clock = AsteriskWsProtocol()
-    no_clock.receive_text(plain_start())
-    no_clock.send(PlayAudio(FRAME))
-    no_clock.send(SetMark("m"))
-    assert no_clock.receive_bytes(FRAME) == [CallerAudio(FRAME)]
-    assert no_clock.receive_text("QUEUE_DRAINED") == [MarkPlayed("m", True), PlaybackDrained()]
+    text_in(no_clock, plain_start())
+    out(no_clock, PlayAudio(FRAME))
+    out(no_clock, SetMark("m"))
+    assert data_in(no_clock, FRAME) == [CallerAudio(FRAME)]
+    assert text_in(no_clock, "QUEUE_DRAINED") == [MarkPlayed("m", True), PlaybackDrained()]
 
 
 def test_json_marks_are_not_retired_by_the_clock() -> None:
     clock = FakeClock()
     proto = AsteriskWsProtocol(clock=clock)
-    proto.receive_text(json_start())
-    proto.send(PlayAudio(FRAME))
-    proto.send(SetMark("m"))
+    text_in(proto, json_start())
+    out(proto, PlayAudio(FRAME))
+    out(proto, SetMark("m"))
     assert _audio_at(proto, clock, 5.0) == [CallerAudio(FRAME)]  # MEDIA_MARK_PROCESSED does

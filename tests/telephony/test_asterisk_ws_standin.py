@@ -32,6 +32,7 @@ from gateway.telephony.events import (
     PlaybackDrained,
     SetMark,
 )
+from tests.telephony.wire import events, out, pending, produced, text_in
 
 TIMEOUT = 5.0
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "asterisk-23.4.1"
@@ -281,7 +282,7 @@ class Harness:
             else "MEDIA_START connection_id:c channel:WebSocket/c/0x1 channel_id:1.1 "
             "format:ulaw optimal_frame_size:160 ptime:20"
         )
-        self.events: list[InboundEvent] = list(self.proto.receive_text(start))
+        self.events: list[InboundEvent] = list(text_in(self.proto, start))
 
     def deliver(self, wire: list[str | bytes]) -> None:
         for item in wire:
@@ -294,12 +295,12 @@ class Harness:
 
     def receive(self, texts: list[str]) -> None:
         for text in texts:
-            self.events += self.proto.receive_text(text)
-            self.deliver(self.proto.data_to_send())
+            self.events += text_in(self.proto, text)
+            self.deliver(pending(self.proto))
 
     def send(self, *events: Any) -> None:
         for event in events:
-            self.deliver(self.proto.send(event))
+            self.deliver(out(self.proto, event))
 
     def tick(self, n: int = 1) -> None:
         for _ in range(n):
@@ -324,7 +325,7 @@ def test_every_byte_plays_in_any_chunking(json_format: bool, chunk: int) -> None
     audio = tts_audio(16_050)  # 2.006 s: not a frame multiple
     for i in range(0, len(audio), chunk):
         h.send(PlayAudio(audio[i : i + chunk]))
-    h.deliver(h.proto.flush_audio())
+    h.deliver(produced(h.proto, h.proto.flush_audio))
     h.send(SetMark("end"))
     h.run_until_idle()
     assert bytes(h.queue.played[: len(audio)]) == audio  # nothing dropped, in order
@@ -365,11 +366,11 @@ def test_barge_in_flushes_and_retires_marks(json_format: bool) -> None:
     h.send(
         PlayAudio(b"\x01" * 160 * 50), SetMark("one"), PlayAudio(b"\x02" * 160 * 50), SetMark("two")
     )
-    h.deliver(h.proto.pause_media())
+    h.deliver(produced(h.proto, h.proto.pause_media))
     h.tick(5)  # paused: nothing plays
     assert len(h.queue.played) == 0
     h.send(ClearAudio())
-    retired = h.proto.retire_flushed_marks()
+    retired = events(h.proto)
     assert retired == [MarkPlayed("one", False), MarkPlayed("two", False)]
     assert not h.queue.paused  # CONTINUE_MEDIA was sent after the flush
     h.tick(2)
@@ -397,7 +398,7 @@ def test_mark_media_on_old_release_is_the_known_risk() -> None:
     """Forcing mark_media on a release without it: marks never echo (documented)."""
     h = Harness(json_format=False, has_marks=False)
     h.proto = AsteriskWsProtocol(mark_media=True)
-    h.proto.receive_text("MEDIA_START channel_id:1.1 format:ulaw optimal_frame_size:160")
+    text_in(h.proto, "MEDIA_START channel_id:1.1 format:ulaw optimal_frame_size:160")
     h.send(PlayAudio(b"\x01" * 160), SetMark("a"))
     h.run_until_idle()
     assert not any(isinstance(e, MarkPlayed) for e in h.events)

@@ -36,6 +36,7 @@ from gateway.telephony.events import (
     Transport,
 )
 from gateway.telephony.pacing import OutboundAudio
+from tests.telephony.wire import data_in, eof_in, out_bytes, reported
 
 TIMEOUT = 5.0
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "asterisk-23.4.1"
@@ -119,14 +120,14 @@ TABLE: list[tuple[str, bytes, list[InboundEvent]]] = [
 
 @pytest.mark.parametrize(("name", "wire", "expected"), TABLE, ids=[t[0] for t in TABLE])
 def test_table_whole(name: str, wire: bytes, expected: list[InboundEvent]) -> None:
-    assert AudioSocketProtocol().receive_data(wire) == expected
+    assert data_in(AudioSocketProtocol(), wire) == expected
 
 
 @pytest.mark.parametrize(("name", "wire", "expected"), TABLE, ids=[t[0] for t in TABLE])
 def test_table_split_at_every_offset(name: str, wire: bytes, expected: list[InboundEvent]) -> None:
     for cut in range(1, len(wire)):
         proto = AudioSocketProtocol()
-        assert proto.receive_data(wire[:cut]) + proto.receive_data(wire[cut:]) == expected, cut
+        assert data_in(proto, wire[:cut]) + data_in(proto, wire[cut:]) == expected, cut
 
 
 @pytest.mark.parametrize(("name", "wire", "expected"), TABLE, ids=[t[0] for t in TABLE])
@@ -134,14 +135,14 @@ def test_table_byte_by_byte(name: str, wire: bytes, expected: list[InboundEvent]
     proto = AudioSocketProtocol()
     events: list[InboundEvent] = []
     for i in range(len(wire)):
-        events += proto.receive_data(wire[i : i + 1])
+        events += data_in(proto, wire[i : i + 1])
     assert events == expected
 
 
 @pytest.mark.parametrize(("kind", "rate"), sorted(AUDIO_KIND_RATES.items()))
 def test_every_audio_kind(kind: int, rate: int) -> None:
     proto = AudioSocketProtocol()
-    [start, audio] = proto.receive_data(UUID_MSG + msg(kind, b"\x01\x00" * 10))
+    [start, audio] = data_in(proto, UUID_MSG + msg(kind, b"\x01\x00" * 10))
     assert start == CallStarted(UUID_STR, Transport.AUDIOSOCKET, AudioFormat(Encoding.PCM16, rate))
     assert audio == CallerAudio(b"\x01\x00" * 10)
     assert proto.frame(b"\x00\x00")[:1] == bytes((kind,))  # we answer in the call's kind
@@ -152,45 +153,45 @@ def test_every_audio_kind(kind: int, rate: int) -> None:
 def test_junk_never_raises(junk: bytes, step: int) -> None:
     proto = AudioSocketProtocol()
     for i in range(0, len(junk), step):
-        for event in proto.receive_data(
-            UUID_MSG + junk[i : i + step] if i == 0 else junk[i : i + step]
+        for event in data_in(
+            proto, UUID_MSG + junk[i : i + step] if i == 0 else junk[i : i + step]
         ):
             assert isinstance(event, (CallStarted, CallerAudio, Dtmf, CallEnded, Malformed))
-    proto.eof()
+    eof_in(proto)
 
 
 def test_after_fatal_nothing_more() -> None:
     proto = AudioSocketProtocol()
-    assert proto.receive_data(b"\x10\x00\x02ab")[0].fatal  # type: ignore[union-attr]
-    assert proto.receive_data(UUID_MSG + msg(0x10, SLIN8)) == []
-    assert proto.eof() == []
+    assert data_in(proto, b"\x10\x00\x02ab")[0].fatal  # type: ignore[union-attr]
+    assert data_in(proto, UUID_MSG + msg(0x10, SLIN8)) == []
+    assert eof_in(proto) == []
 
 
 def test_eof() -> None:
     proto = AudioSocketProtocol()
-    proto.receive_data(UUID_MSG + msg(0x10, SLIN8) + b"\x10\x01")
-    assert proto.eof() == [Malformed("truncated_frame", "2 bytes at EOF"), CallEnded()]
-    assert proto.eof() == []
+    data_in(proto, UUID_MSG + msg(0x10, SLIN8) + b"\x10\x01")
+    assert eof_in(proto) == [Malformed("truncated_frame", "2 bytes at EOF"), CallEnded()]
+    assert eof_in(proto) == []
     clean = AudioSocketProtocol()
-    clean.receive_data(UUID_MSG)
-    assert clean.eof() == [CallEnded("remote_hangup")]
+    data_in(clean, UUID_MSG)
+    assert eof_in(clean) == [CallEnded("remote_hangup")]
 
 
 def test_start_default_when_no_audio_comes() -> None:
     proto = AudioSocketProtocol()
-    assert proto.start_default() == []  # no UUID yet
-    proto.receive_data(UUID_MSG + msg(0x03, b"1"))
-    assert proto.start_default() == [*started_8k(), Dtmf("1")]
-    assert proto.start_default() == []
-    assert proto.receive_data(msg(0x10, SLIN8)) == [CallerAudio(SLIN8)]
+    assert reported(proto, proto.start_default) == []  # no UUID yet
+    data_in(proto, UUID_MSG + msg(0x03, b"1"))
+    assert reported(proto, proto.start_default) == [*started_8k(), Dtmf("1")]
+    assert reported(proto, proto.start_default) == []
+    assert data_in(proto, msg(0x10, SLIN8)) == [CallerAudio(SLIN8)]
 
 
 def test_send() -> None:
     proto = AudioSocketProtocol()
-    proto.receive_data(UUID_MSG + msg(0x12, SLIN16))
-    assert proto.send(Hangup()) == b"\x00\x00\x00"
-    assert proto.send(SetMark("m")) == b"" and proto.send(ClearAudio()) == b""
-    wire = proto.send(PlayAudio(b"\x01\x00" * 700))  # 1400 B of slin16: 640 + 640 + 120
+    data_in(proto, UUID_MSG + msg(0x12, SLIN16))
+    assert out_bytes(proto, Hangup()) == b"\x00\x00\x00"
+    assert out_bytes(proto, SetMark("m")) == b"" and out_bytes(proto, ClearAudio()) == b""
+    wire = out_bytes(proto, PlayAudio(b"\x01\x00" * 700))  # 1400 B of slin16: 640 + 640 + 120
     parsed = []
     offset = 0
     while offset < len(wire):
@@ -198,7 +199,7 @@ def test_send() -> None:
         parsed.append((kind, length))
         offset += 3 + length
     assert parsed == [(0x12, 640), (0x12, 640), (0x12, 120)]
-    assert proto.send(PlayAudio(b"")) == b""
+    assert out_bytes(proto, PlayAudio(b"")) == b""
 
 
 def test_never_sends_forbidden_kinds() -> None:
@@ -213,7 +214,7 @@ def test_silence_packet_is_cached_and_follows_the_kind() -> None:
     proto = AudioSocketProtocol()
     queue = OutboundAudio.for_format(PCM16_16K)
     proto.use_silence(queue.silence_frame)
-    proto.receive_data(UUID_MSG + msg(0x12, SLIN16))
+    data_in(proto, UUID_MSG + msg(0x12, SLIN16))
     first = proto.frame(queue.next_frame())
     assert first[:3] == b"\x12\x02\x80" and first[3:] == bytes(640)
     assert proto.frame(queue.next_frame()) is first  # no allocation per idle tick
@@ -260,8 +261,8 @@ def test_golden(name: str, fmt: AudioFormat, digits: list[str], chunk: int) -> N
     proto = AudioSocketProtocol()
     events: list[InboundEvent] = []
     for i in range(0, len(stream), chunk):
-        events += proto.receive_data(stream[i : i + chunk])
-    events += proto.eof()
+        events += data_in(proto, stream[i : i + chunk])
+    events += eof_in(proto)
     uuid_record = next(r for r in records if r.get("kind") == "UUID")
     audio_records = [r for r in records if r["event"] == "RX" and "hdr" in r]
     assert events[0] == CallStarted(uuid_record["uuid"], Transport.AUDIOSOCKET, fmt)
@@ -276,7 +277,7 @@ def test_golden(name: str, fmt: AudioFormat, digits: list[str], chunk: int) -> N
 def test_golden_server_hangup_bytes_match() -> None:
     records = load("as_app_dtmf_server_hangup")
     sent = next(r for r in records if r["event"] == "SENT_HANGUP")
-    assert AudioSocketProtocol().send(Hangup()) == bytes.fromhex(sent["raw"])
+    assert out_bytes(AudioSocketProtocol(), Hangup()) == bytes.fromhex(sent["raw"])
 
 
 # --------------------------------------------------------------------------- real TCP
@@ -291,11 +292,11 @@ async def test_over_real_tcp_with_split_writes() -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         proto = AudioSocketProtocol()
         while data := await reader.read(997):
-            got.extend(proto.receive_data(data))
+            got.extend(data_in(proto, data))
             if any(isinstance(e, Dtmf) and e.digit == "#" for e in got):
-                writer.write(proto.send(Hangup()))  # hang up like the transcript's server
+                writer.write(out_bytes(proto, Hangup()))  # hang up like the transcript's server
                 await writer.drain()
-        got.extend(proto.eof())
+        got.extend(eof_in(proto))
         writer.close()
         done.set()
 
@@ -344,14 +345,14 @@ def test_g711_labelled_slin_is_detected_and_never_reaches_the_call(law: str) -> 
     ulaw, alaw, _ = _g711_packets()
     packets = ulaw if law == "ulaw" else alaw
     proto = AudioSocketProtocol()
-    events = proto.receive_data(UUID_MSG + b"".join(msg(0x10, p) for p in packets))
+    events = data_in(proto, UUID_MSG + b"".join(msg(0x10, p) for p in packets))
     assert events[0] == started_8k()[0]  # the call starts (and can hear the reason spoken)
     rest = events[1:]
     assert len(rest) == len(packets)
     assert all(isinstance(e, Malformed) and e.reason == "not_slin" for e in rest)
     assert not any(isinstance(e, CallerAudio) for e in events)
     # Once established, every 0x10 packet of the call is refused, even a 320-byte one.
-    [late] = proto.receive_data(msg(0x10, SLIN8))
+    [late] = data_in(proto, msg(0x10, SLIN8))
     assert isinstance(late, Malformed) and late.reason == "not_slin"
 
 
@@ -361,8 +362,8 @@ def test_real_slin_in_10ms_packets_is_not_mistaken_for_g711() -> None:
 
     pcm = voiced(0.5) + noise(0.5, rms=2000.0)
     proto = AudioSocketProtocol()
-    events = proto.receive_data(
-        UUID_MSG + b"".join(msg(0x10, pcm[i : i + 160]) for i in range(0, len(pcm), 160))
+    events = data_in(
+        proto, UUID_MSG + b"".join(msg(0x10, pcm[i : i + 160]) for i in range(0, len(pcm), 160))
     )
     assert events[0] == started_8k()[0]
     assert all(isinstance(e, CallerAudio) for e in events[1:]) and len(events) == 101
@@ -372,6 +373,6 @@ def test_g711_digital_silence_passes_until_speech_shows_the_mislabel() -> None:
     ulaw, _, _ = _g711_packets()
     proto = AudioSocketProtocol()
     silent = b"\xff" * 160  # μ-law silence reads as PCM16 -1: harmless, undetectable
-    events = proto.receive_data(UUID_MSG + msg(0x10, silent) + msg(0x10, ulaw[3]))
+    events = data_in(proto, UUID_MSG + msg(0x10, silent) + msg(0x10, ulaw[3]))
     assert events[1] == CallerAudio(silent)
     assert isinstance(events[2], Malformed) and events[2].reason == "not_slin"

@@ -35,6 +35,7 @@ from gateway.telephony.events import (
     Transport,
 )
 from gateway.telephony.twilio import TwilioMediaProtocol
+from tests.telephony.wire import out, text_in
 
 TIMEOUT = 5.0  # seconds; unused by these synchronous tests, kept for the suite's one pattern
 
@@ -200,9 +201,9 @@ def test_connected_start_and_real_media(log: list[LogEntry]) -> None:
     [connected] = _from_twilio(log, "connected")
     [start] = _from_twilio(log, "start")
     [media] = _from_twilio(log, "media")
-    assert protocol.receive_text(json.dumps(connected)) == []
+    assert text_in(protocol, json.dumps(connected)) == []
     assert protocol.connected
-    assert protocol.receive_text(json.dumps(start)) == [
+    assert text_in(protocol, json.dumps(start)) == [
         CallStarted(
             call_id=CALL_SID,
             transport=Transport.TWILIO,
@@ -217,7 +218,7 @@ def test_connected_start_and_real_media(log: list[LogEntry]) -> None:
             },
         )
     ]
-    [audio] = protocol.receive_text(json.dumps(media))
+    [audio] = text_in(protocol, json.dumps(media))
     assert isinstance(audio, CallerAudio)
     assert len(audio.audio) == 160  # 20 ms of μ-law 8 kHz
     assert audio.audio == base64.b64decode(media["media"]["payload"])
@@ -254,8 +255,8 @@ def test_replay_whole_call(log: list[LogEntry], junk: str) -> None:
         if junk == "unknown_fields":
             message = _add_unknown_fields(message)
         if junk == "unknown_events":
-            assert protocol.receive_text(JUNK) == [Ignored("unknown_event")]
-        received.extend(protocol.receive_text(json.dumps(message)))
+            assert text_in(protocol, JUNK) == [Ignored("unknown_event")]
+        received.extend(text_in(protocol, json.dumps(message)))
 
     inbound_since_echo: list[bytes] = []
     marks_sent: list[str] = []
@@ -283,7 +284,7 @@ def test_replay_whole_call(log: list[LogEntry], junk: str) -> None:
                 assert len(inbound_since_echo) in (50, 51)
                 audio = b"".join(inbound_since_echo[-50:])
                 inbound_since_echo.clear()
-                [message] = protocol.send(PlayAudio(audio))
+                [message] = out(protocol, PlayAudio(audio))
                 ours = orjson.loads(message)
                 logged = re.search(r"length of (\d+)", expected["media"]["payload"])
                 assert logged is not None
@@ -294,7 +295,7 @@ def test_replay_whole_call(log: list[LogEntry], junk: str) -> None:
                 assert ours == expected
             else:
                 name = expected["mark"]["name"]
-                [message] = protocol.send(SetMark(name))
+                [message] = out(protocol, SetMark(name))
                 assert orjson.loads(message) == expected  # identical wire shape
                 marks_sent.append(name)
 
@@ -317,11 +318,11 @@ def test_default_chunking_splits_the_logged_second_of_audio(log: list[LogEntry])
     protocol = TwilioMediaProtocol()  # chunk_ms=100
     [start] = _from_twilio(log, "start")
     [media] = _from_twilio(log, "media")
-    protocol.receive_text(json.dumps(start))
-    [audio] = protocol.receive_text(json.dumps(media))
+    text_in(protocol, json.dumps(start))
+    [audio] = text_in(protocol, json.dumps(media))
     assert isinstance(audio, CallerAudio)
     second = audio.audio * 50
-    messages = protocol.send(PlayAudio(second))
+    messages = out(protocol, PlayAudio(second))
     payloads = [base64.b64decode(orjson.loads(m)["media"]["payload"]) for m in messages]
     assert [len(p) for p in payloads] == [800] * 10
     assert b"".join(payloads) == second

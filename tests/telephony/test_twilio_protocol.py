@@ -35,6 +35,7 @@ from gateway.telephony.events import (
     Transport,
 )
 from gateway.telephony.twilio import MAX_INBOUND_PAYLOAD_BYTES, TwilioMediaProtocol
+from tests.telephony.wire import data_in, out, text_in
 
 TIMEOUT = 5.0  # seconds; the hypothesis deadline per example (nothing here waits on I/O)
 
@@ -110,8 +111,8 @@ def stop_msg(*, sid: str = SID) -> Wire:
 
 def started_protocol(**kwargs: int) -> TwilioMediaProtocol:
     protocol = TwilioMediaProtocol(**kwargs)
-    assert protocol.receive_text(json.dumps(connected_msg())) == []
-    [started] = protocol.receive_text(json.dumps(start_msg()))
+    assert text_in(protocol, json.dumps(connected_msg())) == []
+    [started] = text_in(protocol, json.dumps(start_msg()))
     assert isinstance(started, CallStarted)
     return protocol
 
@@ -318,7 +319,7 @@ def _prepare(case: Case) -> TwilioMediaProtocol:
         return TwilioMediaProtocol()
     protocol = started_protocol()
     for name in case.marks:
-        protocol.send(SetMark(name))
+        out(protocol, SetMark(name))
     return protocol
 
 
@@ -341,7 +342,7 @@ def _text(wire: Wire | str) -> str:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_case_whole(case: Case) -> None:
     protocol = _prepare(case)
-    assert shape(protocol.receive_text(_text(case.wire))) == shape(case.expected)
+    assert shape(text_in(protocol, _text(case.wire))) == shape(case.expected)
 
 
 @pytest.mark.parametrize(
@@ -351,16 +352,16 @@ def test_case_with_unknown_fields(case: Case) -> None:
     assert isinstance(case.wire, dict)
     wire = _with_unknown_fields(copy.deepcopy(case.wire), case.nested)
     protocol = _prepare(case)
-    assert shape(protocol.receive_text(_text(wire))) == shape(case.expected)
+    assert shape(text_in(protocol, _text(wire))) == shape(case.expected)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_case_with_unknown_events_interleaved(case: Case) -> None:
     protocol = _prepare(case)
     junk = json.dumps({"event": "someFutureEvent", "streamSid": SID, "sequenceNumber": "9"})
-    before = protocol.receive_text(junk)
-    events = protocol.receive_text(_text(case.wire))
-    after = protocol.receive_text(junk)
+    before = text_in(protocol, junk)
+    events = text_in(protocol, _text(case.wire))
+    after = text_in(protocol, junk)
     assert before == [Ignored("unknown_event")]
     assert shape(events) == shape(case.expected)
     # After a stop everything is ignored as such; otherwise junk stays unknown_event.
@@ -372,19 +373,19 @@ def test_media_timestamps_and_counters_are_strings_and_ignored() -> None:
     wire = media_msg()
     wire["media"] |= {"chunk": "4294967296", "timestamp": "99999999999"}
     wire["sequenceNumber"] = "not-a-number"
-    assert protocol.receive_text(json.dumps(wire)) == [CallerAudio(FRAME)]
+    assert text_in(protocol, json.dumps(wire)) == [CallerAudio(FRAME)]
 
 
 def test_media_without_track_or_stream_sid_is_caller_audio() -> None:
     protocol = started_protocol()
     wire = {"event": "media", "media": {"payload": base64.b64encode(FRAME).decode()}}
-    assert protocol.receive_text(json.dumps(wire)) == [CallerAudio(FRAME)]
+    assert text_in(protocol, json.dumps(wire)) == [CallerAudio(FRAME)]
 
 
 def test_start_tolerates_string_sample_rate_and_missing_channels() -> None:
     protocol = TwilioMediaProtocol()
     wire = start_msg(media_format={"encoding": "AUDIO/X-MULAW", "sampleRate": "8000"})
-    [event] = protocol.receive_text(json.dumps(wire))
+    [event] = text_in(protocol, json.dumps(wire))
     assert isinstance(event, CallStarted)
     assert event.audio_format == ULAW_8K
 
@@ -392,7 +393,7 @@ def test_start_tolerates_string_sample_rate_and_missing_channels() -> None:
 def test_connected_is_recorded() -> None:
     protocol = TwilioMediaProtocol()
     assert not protocol.connected
-    assert protocol.receive_text(json.dumps(connected_msg())) == []
+    assert text_in(protocol, json.dumps(connected_msg())) == []
     assert protocol.connected
     assert not protocol.started
 
@@ -406,9 +407,9 @@ def test_start_records_identity() -> None:
 
 def test_everything_after_stop_is_ignored() -> None:
     protocol = started_protocol()
-    assert protocol.receive_text(json.dumps(stop_msg())) == [CallEnded("remote_hangup")]
+    assert text_in(protocol, json.dumps(stop_msg())) == [CallEnded("remote_hangup")]
     for wire in (media_msg(), mark_msg("x"), dtmf_msg("1"), stop_msg(), start_msg()):
-        assert protocol.receive_text(json.dumps(wire)) == [Ignored("after_stop")]
+        assert text_in(protocol, json.dumps(wire)) == [Ignored("after_stop")]
 
 
 # --------------------------------------------------------------- size limit, binary
@@ -417,11 +418,11 @@ def test_everything_after_stop_is_ignored() -> None:
 def test_length_limit_applies_before_parsing() -> None:
     protocol = started_protocol(max_message_bytes=500)
     # Not JSON at all: if it were parsed first the outcome would be invalid_json.
-    [event] = protocol.receive_text("{" * 501)
+    [event] = text_in(protocol, "{" * 501)
     assert isinstance(event, Malformed)
     assert (event.reason, event.fatal, event.close_code) == ("message_too_large", True, 1009)
     # Exactly at the limit is parsed normally.
-    [at_limit] = protocol.receive_text("{" * 500)
+    [at_limit] = text_in(protocol, "{" * 500)
     assert isinstance(at_limit, Malformed)
     assert at_limit.reason == "invalid_json"
 
@@ -429,14 +430,14 @@ def test_length_limit_applies_before_parsing() -> None:
 def test_default_limit_accepts_real_messages() -> None:
     protocol = TwilioMediaProtocol()
     huge_custom = {f"p{i}": "v" * 100 for i in range(100)}  # ~11 KB of parameters
-    [event] = protocol.receive_text(json.dumps(start_msg(custom=huge_custom)))
+    [event] = text_in(protocol, json.dumps(start_msg(custom=huge_custom)))
     assert isinstance(event, CallStarted)
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00" * 160, b'{"event":"media"}'])
 def test_binary_frames_are_fatal_unsupported_data(data: bytes) -> None:
     for protocol in (TwilioMediaProtocol(), started_protocol()):
-        [event] = protocol.receive_bytes(data)
+        [event] = data_in(protocol, data)
         assert isinstance(event, Malformed)
         assert (event.reason, event.fatal, event.close_code) == ("binary_frame", True, 1003)
 
@@ -453,15 +454,15 @@ def test_constructor_refuses_nonsense() -> None:
 
 def test_send_before_start_is_a_programming_error() -> None:
     protocol = TwilioMediaProtocol()
-    protocol.receive_text(json.dumps(connected_msg()))
+    text_in(protocol, json.dumps(connected_msg()))
     for event in (PlayAudio(FRAME), SetMark("m"), ClearAudio(), Hangup()):
         with pytest.raises(RuntimeError, match="start"):
-            protocol.send(event)
+            out(protocol, event)
 
 
 def test_play_audio_wire_shape() -> None:
     protocol = started_protocol()
-    [message] = protocol.send(PlayAudio(FRAME))
+    [message] = out(protocol, PlayAudio(FRAME))
     assert orjson.loads(message) == {
         "event": "media",
         "streamSid": SID,
@@ -482,7 +483,7 @@ def test_play_audio_wire_shape() -> None:
 def test_play_audio_is_chunked(chunk_ms: int, audio_ms: int, sizes: list[int]) -> None:
     protocol = started_protocol(chunk_ms=chunk_ms)
     audio = bytes(i % 256 for i in range(audio_ms * 8))
-    messages = protocol.send(PlayAudio(audio))
+    messages = out(protocol, PlayAudio(audio))
     decoded = [base64.b64decode(orjson.loads(m)["media"]["payload"]) for m in messages]
     assert [len(d) for d in decoded] == sizes
     assert b"".join(decoded) == audio
@@ -493,54 +494,55 @@ def test_play_odd_sized_audio_keeps_every_byte() -> None:
     audio = bytes(range(161))
     decoded = [
         base64.b64decode(orjson.loads(m)["media"]["payload"])
-        for m in protocol.send(PlayAudio(audio))
+        for m in out(protocol, PlayAudio(audio))
     ]
     assert b"".join(decoded) == audio
 
 
 def test_play_empty_audio_sends_nothing() -> None:
-    assert started_protocol().send(PlayAudio(b"")) == []
+    assert out(started_protocol(), PlayAudio(b"")) == []
 
 
 def test_mark_clear_and_hangup_wire_shapes() -> None:
     protocol = started_protocol()
-    [mark] = protocol.send(SetMark('utt-17 "quoted" \u0645'))
+    [mark] = out(protocol, SetMark('utt-17 "quoted" \u0645'))
     assert orjson.loads(mark) == {
         "event": "mark",
         "streamSid": SID,
         "mark": {"name": 'utt-17 "quoted" \u0645'},
     }
-    [clear] = protocol.send(ClearAudio())
+    [clear] = out(protocol, ClearAudio())
     assert orjson.loads(clear) == {"event": "clear", "streamSid": SID}
-    assert protocol.send(Hangup()) == []
+    assert out(protocol, Hangup()) == []
 
 
 def test_stream_sid_with_json_special_characters_is_encoded() -> None:
     protocol = TwilioMediaProtocol()
     odd_sid = 'MZ"\\\n\u0645'
-    protocol.receive_text(
+    text_in(
+        protocol,
         json.dumps(
             start_msg(top_sid=None) | {"start": start_msg()["start"] | {"streamSid": odd_sid}}
-        )
+        ),
     )
     for message in (
-        *protocol.send(PlayAudio(FRAME)),
-        *protocol.send(SetMark("m")),
-        *protocol.send(ClearAudio()),
+        *out(protocol, PlayAudio(FRAME)),
+        *out(protocol, SetMark("m")),
+        *out(protocol, ClearAudio()),
     ):
         assert orjson.loads(message)["streamSid"] == odd_sid
 
 
 def test_empty_mark_name_is_refused() -> None:
     with pytest.raises(ValueError):
-        started_protocol().send(SetMark(""))
+        out(started_protocol(), SetMark(""))
 
 
 def test_send_after_stop_returns_nothing() -> None:
     protocol = started_protocol()
-    protocol.receive_text(json.dumps(stop_msg()))
-    assert protocol.send(PlayAudio(FRAME)) == []
-    assert protocol.send(SetMark("late")) == []
+    text_in(protocol, json.dumps(stop_msg()))
+    assert out(protocol, PlayAudio(FRAME)) == []
+    assert out(protocol, SetMark("late")) == []
     assert in_flight(protocol) == ()
 
 
@@ -557,14 +559,14 @@ def cleared(protocol: TwilioMediaProtocol) -> tuple[str, ...]:
 
 
 def echo(protocol: TwilioMediaProtocol, name: str) -> list[InboundEvent]:
-    return protocol.receive_text(json.dumps(mark_msg(name)))
+    return text_in(protocol, json.dumps(mark_msg(name)))
 
 
 def test_marks_in_flight_in_order_and_retired_by_echo() -> None:
     protocol = started_protocol()
     for name in ("a", "b", "c"):
-        protocol.send(PlayAudio(FRAME))
-        protocol.send(SetMark(name))
+        out(protocol, PlayAudio(FRAME))
+        out(protocol, SetMark(name))
     assert in_flight(protocol) == ("a", "b", "c")
     assert echo(protocol, "a") == [MarkPlayed("a", played=True)]
     assert in_flight(protocol) == ("b", "c")
@@ -573,7 +575,7 @@ def test_marks_in_flight_in_order_and_retired_by_echo() -> None:
 def test_echo_of_a_later_mark_retires_older_ones_as_played() -> None:
     protocol = started_protocol()
     for name in ("a", "b", "c"):
-        protocol.send(SetMark(name))
+        out(protocol, SetMark(name))
     assert echo(protocol, "c") == [MarkPlayed("a"), MarkPlayed("b"), MarkPlayed("c")]
     assert in_flight(protocol) == ()
     # The skipped marks are gone: a late echo of them is unknown, not a second event.
@@ -582,11 +584,11 @@ def test_echo_of_a_later_mark_retires_older_ones_as_played() -> None:
 
 def test_clear_turns_marks_in_flight_into_unplayed_echoes() -> None:
     protocol = started_protocol()
-    protocol.send(SetMark("a"))
-    protocol.send(SetMark("b"))
-    protocol.send(ClearAudio())
+    out(protocol, SetMark("a"))
+    out(protocol, SetMark("b"))
+    out(protocol, ClearAudio())
     assert cleared(protocol) == ("a", "b")
-    protocol.send(SetMark("c"))  # after the clear: its audio will really play
+    out(protocol, SetMark("c"))  # after the clear: its audio will really play
     assert cleared(protocol) == ("a", "b")
     # Twilio echoes the marks the clear dropped (GUESSED strong, §1.4).
     assert echo(protocol, "a") == [MarkPlayed("a", played=False)]
@@ -599,10 +601,10 @@ def test_clear_turns_marks_in_flight_into_unplayed_echoes() -> None:
 def test_cleared_marks_never_echoed_are_retired_unplayed_by_the_next_echo() -> None:
     # The other reading of the GUESSED clear behaviour: Twilio drops cleared marks silently.
     protocol = started_protocol()
-    protocol.send(SetMark("a"))
-    protocol.send(SetMark("b"))
-    protocol.send(ClearAudio())
-    protocol.send(SetMark("c"))
+    out(protocol, SetMark("a"))
+    out(protocol, SetMark("b"))
+    out(protocol, ClearAudio())
+    out(protocol, SetMark("c"))
     assert echo(protocol, "c") == [
         MarkPlayed("a", played=False),
         MarkPlayed("b", played=False),
@@ -613,29 +615,29 @@ def test_cleared_marks_never_echoed_are_retired_unplayed_by_the_next_echo() -> N
 def test_echo_of_second_cleared_mark_retires_first_unplayed() -> None:
     protocol = started_protocol()
     for name in ("a", "b", "c"):
-        protocol.send(SetMark(name))
-    protocol.send(ClearAudio())
+        out(protocol, SetMark(name))
+    out(protocol, ClearAudio())
     assert echo(protocol, "b") == [MarkPlayed("a", played=False), MarkPlayed("b", played=False)]
     assert cleared(protocol) == ("c",)
-    protocol.send(SetMark("d"))
+    out(protocol, SetMark("d"))
     assert echo(protocol, "d") == [MarkPlayed("c", played=False), MarkPlayed("d", played=True)]
 
 
 def test_second_clear_covers_marks_set_since_the_first() -> None:
     protocol = started_protocol()
-    protocol.send(SetMark("a"))
-    protocol.send(ClearAudio())
-    protocol.send(SetMark("b"))
-    protocol.send(ClearAudio())
+    out(protocol, SetMark("a"))
+    out(protocol, ClearAudio())
+    out(protocol, SetMark("b"))
+    out(protocol, ClearAudio())
     assert cleared(protocol) == ("a", "b")
     assert echo(protocol, "b") == [MarkPlayed("a", played=False), MarkPlayed("b", played=False)]
 
 
 def test_duplicate_mark_names_match_oldest_first() -> None:
     protocol = started_protocol()
-    protocol.send(SetMark("x"))
-    protocol.send(SetMark("y"))
-    protocol.send(SetMark("x"))
+    out(protocol, SetMark("x"))
+    out(protocol, SetMark("y"))
+    out(protocol, SetMark("x"))
     assert echo(protocol, "x") == [MarkPlayed("x")]
     assert in_flight(protocol) == ("y", "x")
     assert echo(protocol, "x") == [MarkPlayed("y"), MarkPlayed("x")]
@@ -644,10 +646,10 @@ def test_duplicate_mark_names_match_oldest_first() -> None:
 def test_stop_retires_every_mark_in_flight_unplayed_in_order() -> None:
     protocol = started_protocol()
     for name in ("a", "b"):
-        protocol.send(SetMark(name))
-    protocol.send(ClearAudio())
-    protocol.send(SetMark("c"))
-    assert protocol.receive_text(json.dumps(stop_msg())) == [
+        out(protocol, SetMark(name))
+    out(protocol, ClearAudio())
+    out(protocol, SetMark("c"))
+    assert text_in(protocol, json.dumps(stop_msg())) == [
         MarkPlayed("a", played=False),
         MarkPlayed("b", played=False),
         MarkPlayed("c", played=False),
@@ -661,12 +663,12 @@ def test_every_mark_yields_exactly_one_mark_played() -> None:
     sent = [f"m{i}" for i in range(6)]
     events: list[InboundEvent] = []
     for i, name in enumerate(sent):
-        protocol.send(SetMark(name))
+        out(protocol, SetMark(name))
         if i == 2:
-            protocol.send(ClearAudio())
+            out(protocol, ClearAudio())
     events += echo(protocol, "m1")
     events += echo(protocol, "m4")
-    events += protocol.receive_text(json.dumps(stop_msg()))
+    events += text_in(protocol, json.dumps(stop_msg()))
     names = [e.name for e in events if isinstance(e, MarkPlayed)]
     assert names == sent
     played = {e.name: e.played for e in events if isinstance(e, MarkPlayed)}
@@ -712,7 +714,7 @@ _events = st.sampled_from(["connected", "start", "media", "dtmf", "mark", "stop"
 @given(st.text(max_size=200))
 def test_any_text_never_raises(text: str) -> None:
     for protocol in (TwilioMediaProtocol(), started_protocol()):
-        for event in protocol.receive_text(text):
+        for event in text_in(protocol, text):
             assert isinstance(event, Ignored | Malformed | CallEnded | MarkPlayed)
 
 
@@ -721,7 +723,7 @@ def test_any_text_never_raises(text: str) -> None:
 def test_any_message_shape_never_raises(event: str, body: dict[str, Any]) -> None:
     message = json.dumps({"event": event, **body})
     fresh, started = TwilioMediaProtocol(), started_protocol()
-    started.send(SetMark("m"))
+    out(started, SetMark("m"))
     for protocol in (fresh, started):
-        events = protocol.receive_text(message)
+        events = text_in(protocol, message)
         assert all(isinstance(e, InboundEvent) for e in events)
