@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from gateway.agent.audio_io import InboundConverter, OutboundConverter
 from gateway.agent.brains import Brain, Notifier
@@ -76,9 +76,6 @@ from gateway.telephony.events import (
     SetMark,
 )
 from telecodecs.framing import Reframer
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +223,7 @@ class VoiceAgentConversation:
         metrics: Metrics,
         speech: HamsaSession,
         brain: Brain,
+        delivery: DeliveryModel | None = None,
     ) -> None:
         self._session = session
         self._settings = settings
@@ -267,11 +265,10 @@ class VoiceAgentConversation:
         self._mark_sent_at: dict[str, float] = {}
         self._use_mulaw = settings.hamsa_tts_mulaw and self._format.encoding is Encoding.ULAW
         self._prebuffer = settings.playout_prebuffer_ms / 1000.0
-        # Playout scheduling (gateway/agent/playout.py): the speech session carries the
-        # delivery model of its connection (which also teaches the process-wide one).
+        # Playout scheduling (gateway/agent/playout.py): ``delivery`` is this call's TTS
+        # delivery model, normally a child of the process-wide one that it also teaches.
         self._playout = PlayoutClock()
-        delivery = getattr(speech, "delivery", None)
-        self._delivery = delivery if isinstance(delivery, DeliveryModel) else DeliveryModel()
+        self._delivery = delivery if delivery is not None else DeliveryModel()
         self._adaptive = settings.playout_adaptive
         self._safety = settings.playout_safety_ms / 1000.0
         self._max_ahead = settings.playout_max_ahead_seconds
@@ -283,19 +280,6 @@ class VoiceAgentConversation:
             transport=session.transport.value,
             started_at=time.time(),
             metadata=dict(session.metadata),
-        )
-
-    @classmethod
-    def for_app(cls, app: web.Application, session: CallSession) -> VoiceAgentConversation:
-        """Build from the app's shared resources (speech service, brain, settings, metrics)."""
-        from gateway.server import keys
-
-        return cls(
-            session,
-            settings=app[keys.SETTINGS],
-            metrics=app[keys.METRICS],
-            speech=app[keys.SPEECH].session(session.call_id),
-            brain=app[keys.BRAIN],
         )
 
     # ------------------------------------------------------------------ inbound

@@ -1,5 +1,7 @@
 """``create_app(settings)``: routes and paired lifecycles, no logic.
 
+The one place that wires the layers together (telephony, speech, agent, the embedded
+simulator): nothing below ``gateway.server`` imports it or reaches into the app's state.
 Each long-lived resource has one ``cleanup_ctx`` entry: setup above its ``yield``, teardown
 below it. Typed state lives under the keys in :mod:`gateway.server.keys`.
 """
@@ -7,20 +9,23 @@ below it. Typed state lives under the keys in :mod:`gateway.server.keys`.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
 from gateway.agent.brains import make_brain
-from gateway.calls import CallRegistry
+from gateway.agent.parrot import ParrotConversation
+from gateway.agent.playout import DeliveryModel
+from gateway.agent.voice import VoiceAgentConversation
+from gateway.calls import CallRegistry, CallSession, Conversation
 from gateway.config import AgentMode, Settings
-from gateway.conversations import conversation_factory
 from gateway.metrics import Metrics
 from gateway.readiness import Probe, Readiness
 from gateway.server import asterisk_routes, browser_routes, health, keys, twilio_routes
 from gateway.speech.hamsa.service import HamsaService
 from gateway.telephony.audiosocket_server import AudioSocketServer
+from gateway.telephony.driver import ConversationFactory
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,36 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> web.Applic
     return app
 
 
+def conversation_factory(app: web.Application) -> ConversationFactory:
+    """Which conversation runs a call, chosen once from ``AGENT``.
+
+    ``parrot`` loops the caller's audio back (no speech services); every other mode runs the
+    voice agent (Hamsa STT -> brain -> Hamsa TTS) on the app's shared speech service and
+    brain, with a per-call child of the process-wide TTS delivery model.
+    """
+    settings = app[keys.SETTINGS]
+    if settings.agent is AgentMode.PARROT:
+        delay = settings.parrot_delay_ms
+
+        def parrot(session: CallSession) -> Conversation:
+            return ParrotConversation(session, delay)
+
+        return parrot
+    delivery = DeliveryModel()  # what Hamsa's TTS delivery looks like, process-wide
+
+    def voice_agent(session: CallSession) -> Conversation:
+        return VoiceAgentConversation(
+            session,
+            settings=settings,
+            metrics=app[keys.METRICS],
+            speech=app[keys.SPEECH].session(session.call_id),
+            brain=app[keys.BRAIN],
+            delivery=delivery.connection(),
+        )
+
+    return voice_agent
+
+
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
     """One pooled HTTP client for all outbound requests (carrier REST, agent webhook)."""
     timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_connect=5)
@@ -59,7 +94,10 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
     """Hamsa speech: warm pool, REST fallback; the embedded simulator when no key is set."""
     settings = app[keys.SETTINGS]
     # With no HAMSA_API_KEY the service starts the embedded simulator and says so loudly.
-    async with HamsaService(settings, app[keys.METRICS], http=app[keys.HTTP_CLIENT]) as service:
+    service = HamsaService(
+        settings, app[keys.METRICS], http=app[keys.HTTP_CLIENT], simulator=_embedded_simulator
+    )
+    async with service:
         app[keys.SPEECH] = service
 
         def probe() -> Probe:
@@ -69,6 +107,13 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
         app[keys.READINESS].register("speech", probe)
         yield
         app[keys.READINESS].unregister("speech")
+
+
+async def _embedded_simulator() -> tuple[str, Callable[[], Awaitable[None]]]:
+    """The Hamsa simulator in this process (imported only when no HAMSA_API_KEY is set)."""
+    from gateway.sim.hamsa_sim import start_embedded
+
+    return await start_embedded()
 
 
 async def _brain(app: web.Application) -> AsyncIterator[None]:

@@ -53,7 +53,7 @@ import random
 import struct
 import weakref
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -717,6 +717,22 @@ def create_sim_app(config: SimConfig | None = None) -> web.Application:
     app.router.add_post("/sim/faults", _faults)
     app.on_shutdown.append(_close_sockets)
     return app
+
+
+async def start_embedded(
+    config: SimConfig | None = None,
+) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """Serve the simulator on an ephemeral 127.0.0.1 port inside this process.
+
+    Returns its base URL and the coroutine function that stops it (for
+    :class:`gateway.speech.hamsa.service.HamsaService`'s ``simulator=``).
+    """
+    runner = web.AppRunner(create_sim_app(config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return f"http://127.0.0.1:{port}", runner.cleanup
 
 
 async def run_sim(host: str, port: int, config: SimConfig | None = None) -> None:

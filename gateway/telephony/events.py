@@ -20,6 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+# Re-exported: events carry audio in these formats (defined below every layer).
+from gateway.audio_format import ALAW_8K as ALAW_8K
+from gateway.audio_format import PCM16_8K as PCM16_8K
+from gateway.audio_format import PCM16_16K as PCM16_16K
+from gateway.audio_format import ULAW_8K as ULAW_8K
+from gateway.audio_format import AudioFormat as AudioFormat
+from gateway.audio_format import Encoding as Encoding
+
 
 class Transport(StrEnum):
     """Where a call came from; a closed set, safe as a metric label."""
@@ -28,39 +36,6 @@ class Transport(StrEnum):
     ASTERISK_WS = "asterisk_ws"
     AUDIOSOCKET = "audiosocket"
     BROWSER = "browser"  # the built-in softphone page (GET /phone, /browser/media)
-
-
-class Encoding(StrEnum):
-    """Sample encodings carried on telephony media sockets."""
-
-    PCM16 = "pcm16"  # signed 16-bit little-endian linear PCM
-    ULAW = "ulaw"  # G.711 μ-law, one byte per sample
-    ALAW = "alaw"  # G.711 A-law, one byte per sample
-
-
-@dataclass(frozen=True, slots=True)
-class AudioFormat:
-    """A mono audio format: encoding plus sample rate in Hz."""
-
-    encoding: Encoding
-    sample_rate: int
-
-    @property
-    def bytes_per_sample(self) -> int:
-        return 2 if self.encoding is Encoding.PCM16 else 1
-
-    def bytes_per_ms(self) -> float:
-        return self.sample_rate * self.bytes_per_sample / 1000.0
-
-    def frame_bytes(self, frame_ms: int) -> int:
-        """Size in bytes of one ``frame_ms`` frame in this format."""
-        return self.sample_rate * frame_ms // 1000 * self.bytes_per_sample
-
-
-ULAW_8K = AudioFormat(Encoding.ULAW, 8000)
-ALAW_8K = AudioFormat(Encoding.ALAW, 8000)
-PCM16_8K = AudioFormat(Encoding.PCM16, 8000)
-PCM16_16K = AudioFormat(Encoding.PCM16, 16000)
 
 
 # --------------------------------------------------------------------------- inbound

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config import HamsaAuthMode, Settings
 from gateway.metrics import Metrics
-from gateway.sim.hamsa_sim import SIM_STATE, SimConfig, SimState, create_sim_app
+from gateway.sim.hamsa_sim import SIM_STATE, SimConfig, SimState, create_sim_app, start_embedded
 from gateway.sim.speech_synth import synthetic_speech
 from gateway.speech.hamsa.client import Backoff, Endpoint, HamsaConnection, realtime_url
 from gateway.speech.hamsa.errors import HamsaError
@@ -441,13 +442,24 @@ async def test_embedded_simulator_when_no_key() -> None:
     settings = replace(
         Settings(), hamsa_pool_min_idle=1, hamsa_pool_burst_calls=0, hamsa_connect_timeout=2.0
     )
-    async with HamsaService(settings, metrics, sim_config=sim, pool_check_interval=0.02) as svc:
+    service = HamsaService(
+        settings, metrics, simulator=partial(start_embedded, sim), pool_check_interval=0.02
+    )
+    async with service as svc:
         status = svc.status()
         assert status["backend"] == "simulator"
         assert status["base_url"].startswith("http://127.0.0.1:")
         session = svc.session("call-embedded")
         assert await speak(session) == synthetic_speech(TEXT)
         await session.aclose()
+
+
+async def test_no_key_and_no_simulator_is_a_clear_start_error() -> None:
+    """The speech layer never imports the simulator: without a key it must be given one."""
+    service = HamsaService(Settings(), Metrics())
+    with pytest.raises(RuntimeError, match="HAMSA_API_KEY is not set"):
+        await service.start()
+    await service.aclose()
 
 
 async def test_connection_open_classifies_unreachable(aiohttp_server: Any) -> None:

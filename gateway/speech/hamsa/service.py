@@ -2,8 +2,9 @@
 
 :class:`HamsaService` owns the warm pool, the REST fallback client and the failure gate
 shared by every call, and hands out a :class:`~gateway.speech.hamsa.session.HamsaSession`
-per call. When no ``HAMSA_API_KEY`` is set it starts the embedded simulator on 127.0.0.1 and
-says so loudly, in the log and in :meth:`HamsaService.status` (for ``/readyz``).
+per call. When no ``HAMSA_API_KEY`` is set it starts the embedded simulator it was given
+(``simulator=``) and says so loudly, in the log and in :meth:`HamsaService.status` (for
+``/readyz``).
 
 Usage::
 
@@ -24,9 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from gateway.agent.playout import DeliveryModel
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.speech.hamsa.client import Backoff, Endpoint, HamsaConnection
@@ -37,6 +36,11 @@ from gateway.speech.hamsa.session import FallbackGate, HamsaSession
 log = logging.getLogger(__name__)
 
 SIMULATOR_KEY = "simulator"  # the embedded simulator accepts any key
+
+# Starts a local Hamsa stand-in; returns its base URL and how to stop it. Injected by the
+# wiring (gateway/server/app.py passes gateway.sim.hamsa_sim.start_embedded) so that the
+# speech layer never imports the simulator.
+SimulatorStarter = Callable[[], Awaitable[tuple[str, Callable[[], Awaitable[None]]]]]
 
 
 class HamsaService:
@@ -51,7 +55,7 @@ class HamsaService:
         max_connecting: int | None = None,
         pool_check_interval: float = 1.0,
         probe_interval: float = 10.0,
-        sim_config: Any = None,
+        simulator: SimulatorStarter | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
@@ -64,15 +68,12 @@ class HamsaService:
             settings.hamsa_pool_max_connecting if max_connecting is None else max_connecting
         )
         self._check_interval = pool_check_interval
-        self._sim_config = sim_config
+        self._simulator = simulator
         self._sleep = sleep
         self._rng = rng
         self._clock = clock
         self.gate = FallbackGate(settings.hamsa_rest_fallback_after, probe_interval, clock)
-        # Process-wide TTS delivery model (gateway/agent/playout.py); each call's session
-        # learns into a child of it.
-        self.delivery = DeliveryModel()
-        self._sim_runner: web.AppRunner | None = None
+        self._stop_simulator: Callable[[], Awaitable[None]] | None = None
         self._pool: HamsaPool | None = None
         self._rest: HamsaRest | None = None
         self.base_url = settings.hamsa_base_url
@@ -133,16 +134,12 @@ class HamsaService:
         await self._pool.start()
 
     async def _start_simulator(self) -> None:
-        from gateway.sim.hamsa_sim import SimConfig, create_sim_app
-
-        config = self._sim_config or SimConfig()
-        runner = web.AppRunner(create_sim_app(config), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._sim_runner = runner
-        port = runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        if self._simulator is None:
+            raise RuntimeError(
+                "HAMSA_API_KEY is not set and no embedded simulator was provided: set "
+                "HAMSA_API_KEY (gateway/server/app.py provides the simulator)"
+            )
+        self.base_url, self._stop_simulator = await self._simulator()
         log.warning(
             "NO HAMSA_API_KEY: speech is served by the embedded Hamsa SIMULATOR at %s "
             "(synthetic voice, scripted transcripts). Set HAMSA_API_KEY for real speech.",
@@ -154,9 +151,9 @@ class HamsaService:
             await self._pool.aclose()
         if self._own_http and self._http is not None:
             await self._http.close()
-        if self._sim_runner is not None:
-            await self._sim_runner.cleanup()
-            self._sim_runner = None
+        if self._stop_simulator is not None:
+            await self._stop_simulator()
+            self._stop_simulator = None
 
     async def __aenter__(self) -> HamsaService:
         await self.start()
@@ -177,7 +174,6 @@ class HamsaService:
             sleep=self._sleep,
             rng=self._rng,
             clock=self._clock,
-            delivery=self.delivery,
         )
 
     def status(self) -> dict[str, Any]:

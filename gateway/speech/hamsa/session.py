@@ -37,7 +37,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from gateway.agent.playout import DeliveryModel
+from gateway.audio_format import PCM16_16K, ULAW_8K, AudioFormat
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.speech.hamsa.client import Backoff, HamsaConnection
@@ -45,7 +45,6 @@ from gateway.speech.hamsa.errors import HamsaError
 from gateway.speech.hamsa.pool import HamsaPool
 from gateway.speech.hamsa.protocol import MAX_TTS_CHARS, ErrorKind, is_short_response
 from gateway.speech.hamsa.rest import HamsaRest
-from gateway.telephony.events import PCM16_16K, ULAW_8K, AudioFormat
 from telecodecs.resample import resample
 from telecodecs.wav import build_wav
 
@@ -132,12 +131,8 @@ class HamsaSession:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
-        delivery: DeliveryModel | None = None,
     ) -> None:
         self.call_id = call_id
-        # TTS delivery learned on this call's socket (a child of the process-wide model),
-        # read by the playout scheduler.
-        self.delivery = delivery.connection() if delivery is not None else DeliveryModel()
         self._pool = pool
         self._s = settings
         self._metrics = metrics
