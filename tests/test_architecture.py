@@ -33,11 +33,12 @@ def gateway_imports(path: Path) -> set[tuple[str, int]]:
     """``(top-level package under gateway, line)`` for every absolute gateway import."""
     found: set[tuple[str, int]] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names: list[str] = []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module]
         elif isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
+        else:
+            continue
         for name in names:
             parts = name.split(".")
             if parts[0] == "gateway" and len(parts) > 1:
