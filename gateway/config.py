@@ -130,7 +130,8 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     (
         "AGENT_FALLBACK_TEXT",
         "عذرا، حدث خطأ. هل يمكنك الإعادة؟",
-        "spoken when the agent fails or times out (a pre-rendered clip plays when TTS fails)",
+        "spoken when the agent fails or times out; when TTS fails a clip plays instead (the "
+        "shipped default apology, or this text rendered through Hamsa at start-up)",
     ),
     (
         "AGENT_MAX_REPLY_BYTES",

@@ -14,21 +14,36 @@ voice, 8 kHz PCM16 mono (telephone band, 65 KB), made with::
 
     espeak-ng -v ar -s 160 -w fb.wav "عذرا، حدث خطأ. هل يمكنك الإعادة؟"
 
-then resampled to 8 kHz and trimmed of silence (``telecodecs.audiofile.load_audio``). With a
-custom ``AGENT_FALLBACK_TEXT`` the clip still says the default apology: a generic apology
-beats silence when nothing can speak the custom text.
+then resampled to 8 kHz and trimmed of silence (``telecodecs.audiofile.load_audio``).
+
+A custom ``AGENT_FALLBACK_TEXT`` is rendered once through Hamsa, in the background, as soon
+as the speech service answers (:func:`keep_rendering`, retried with backoff); from then on
+:class:`FallbackClip` holds it. Until then (and for a gateway started during an outage) the
+shipped clip plays: a generic apology beats silence when nothing can speak the custom text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
+from gateway.audio_format import Encoding
+from gateway.speech.hamsa.errors import HamsaError
+from gateway.speech.hamsa.session import TtsChunk
 from telecodecs.wav import WAVE_FORMAT_PCM, parse_wav
+
+log = logging.getLogger(__name__)
 
 CLIP_RESOURCE: Final = "assets/fallback_ar.wav"
 CLIP_RATE: Final = 8000
+SHIPPED_TEXT: Final = "عذرا، حدث خطأ. هل يمكنك الإعادة؟"  # what the shipped clip says
+RENDER_RETRY_FIRST: Final = 5.0  # s before the first retry of a failed rendering (doubles)
+RENDER_RETRY_MAX: Final = 120.0
 
 
 @functools.cache
@@ -44,3 +59,72 @@ def fallback_clip() -> bytes:
     if shape != (WAVE_FORMAT_PCM, CLIP_RATE, 1, 2):
         raise ValueError(f"{CLIP_RESOURCE} must be {CLIP_RATE} Hz mono PCM16, got {shape}")
     return wav.audio
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackAudio:
+    """An apology as PCM16 LE mono at ``rate`` Hz, and the text it says."""
+
+    pcm: bytes
+    rate: int
+    text: str
+
+
+class FallbackClip:
+    """The clip a call plays when TTS fails: the shipped one until a rendering replaces it.
+
+    One per process, shared by every call (read at play time, so calls already running
+    pick up a rendering that finishes later).
+    """
+
+    def __init__(self) -> None:
+        self.audio = FallbackAudio(fallback_clip(), CLIP_RATE, SHIPPED_TEXT)
+
+    @property
+    def rendered(self) -> bool:
+        return self.audio.text != SHIPPED_TEXT
+
+
+async def render(speak: Callable[[str], AsyncIterator[TtsChunk]], text: str) -> FallbackAudio:
+    """Synthesize ``text`` in full with ``speak`` (a Hamsa session's ``tts``) as PCM16.
+
+    Raises :class:`HamsaError` if synthesis fails, ``ValueError`` if it yields no audio or
+    not PCM16 (ask ``speak`` for linear audio).
+    """
+    parts: list[bytes] = []
+    rate = 0
+    async for chunk in speak(text):
+        if chunk.format.encoding is not Encoding.PCM16:
+            raise ValueError(f"fallback rendering needs PCM16 audio, got {chunk.format}")
+        rate = chunk.format.sample_rate
+        parts.append(chunk.audio)
+    pcm = b"".join(parts)
+    if not pcm:
+        raise ValueError("the TTS returned no audio for the fallback text")
+    return FallbackAudio(pcm, rate, text)
+
+
+async def keep_rendering(
+    clip: FallbackClip,
+    speak: Callable[[str], AsyncIterator[TtsChunk]],
+    text: str,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Render ``text`` into ``clip``, retrying with capped backoff until it succeeds.
+
+    Runs as one background task per process (cancel it at shutdown). Each failure is
+    logged once per attempt at WARNING with the reason; the shipped clip stays in use.
+    """
+    delay = RENDER_RETRY_FIRST
+    while True:
+        try:
+            clip.audio = await render(speak, text)
+        except (HamsaError, ValueError) as exc:
+            log.warning("fallback text not rendered yet (%s); retrying in %.0f s", exc, delay)
+            await sleep(delay)
+            delay = min(delay * 2.0, RENDER_RETRY_MAX)
+            continue
+        seconds = len(clip.audio.pcm) / 2 / clip.audio.rate
+        log.info("AGENT_FALLBACK_TEXT rendered for speech outages (%.1f s of audio)", seconds)
+        return

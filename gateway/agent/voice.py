@@ -40,7 +40,7 @@ from gateway.agent.endpointing import (
     SustainedSpeech,
     UtteranceEnded,
 )
-from gateway.agent.fallback import CLIP_RATE, fallback_clip
+from gateway.agent.fallback import FallbackClip
 from gateway.agent.playout import (
     UNDERRUN_TOLERANCE,
     DeliveryModel,
@@ -224,6 +224,7 @@ class VoiceAgentConversation:
         speech: HamsaSession,
         brain: Brain,
         delivery: DeliveryModel | None = None,
+        fallback: FallbackClip | None = None,
     ) -> None:
         self._session = session
         self._settings = settings
@@ -269,6 +270,8 @@ class VoiceAgentConversation:
         # delivery model, normally a child of the process-wide one that it also teaches.
         self._playout = PlayoutClock()
         self._delivery = delivery if delivery is not None else DeliveryModel()
+        # What plays when TTS fails (the shipped clip, or AGENT_FALLBACK_TEXT once rendered).
+        self._fallback = fallback if fallback is not None else FallbackClip()
         self._adaptive = settings.playout_adaptive
         self._safety = settings.playout_safety_ms / 1000.0
         self._max_ahead = settings.playout_max_ahead_seconds
@@ -784,13 +787,14 @@ class VoiceAgentConversation:
             self._speech_down_since = time.monotonic()
 
     async def _play_clip(self, reply: Reply) -> None:
-        """Play the shipped fallback clip (``gateway.agent.fallback``) as ``reply``'s audio.
+        """Play the fallback clip (``gateway.agent.fallback``) as ``reply``'s audio.
 
         No TTS is involved, so the caller hears an apology while the speech service is
         down. The clip is one sentence with its own mark, so barge-in and "heard" work.
         """
-        converter = OutboundConverter(CLIP_RATE, self._format)
-        audio = converter.process(fallback_clip()) + converter.flush()
+        clip = self._fallback.audio
+        converter = OutboundConverter(clip.rate, self._format)
+        audio = converter.process(clip.pcm) + converter.flush()
         now = time.monotonic()
         seconds = len(audio) / self._format.bytes_per_ms() / 1000.0
         reply.all_played.clear()
@@ -799,7 +803,7 @@ class VoiceAgentConversation:
         await self._session.send(PlayAudio(audio))
         self._playout.sent(seconds, now)
         name = f"t{reply.turn}.fallback"
-        text = self._settings.agent_fallback_text
+        text = clip.text
         reply.sentences.append(SpokenSentence(name, text, seconds * 1000.0))
         self._mark_sent_at[name] = time.monotonic()
         await self._session.send(SetMark(name))
@@ -832,7 +836,7 @@ class VoiceAgentConversation:
             await self._session.send(ClearAudio())
             self._playout.reset(time.monotonic())
             await self._play_clip(reply)
-            record.reply = self._settings.agent_fallback_text
+            record.reply = self._fallback.audio.text
         remaining = sum(s.audio_ms for s in reply.sentences if not s.played) / 1000.0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(reply.all_played.wait(), remaining + HANGUP_GRACE_SECONDS)

@@ -8,6 +8,7 @@ below it. Typed state lives under the keys in :mod:`gateway.server.keys`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -15,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.agent.brains import make_brain
+from gateway.agent.fallback import SHIPPED_TEXT, FallbackClip, keep_rendering
 from gateway.agent.parrot import ParrotConversation
 from gateway.agent.playout import DeliveryModel
 from gateway.agent.voice import VoiceAgentConversation
@@ -67,6 +69,7 @@ def conversation_factory(app: web.Application) -> ConversationFactory:
 
         return parrot
     delivery = DeliveryModel()  # what Hamsa's TTS delivery looks like, process-wide
+    fallback = app[keys.FALLBACK] = FallbackClip()
 
     def voice_agent(session: CallSession) -> Conversation:
         return VoiceAgentConversation(
@@ -76,6 +79,7 @@ def conversation_factory(app: web.Application) -> ConversationFactory:
             speech=app[keys.SPEECH].session(session.call_id),
             brain=app[keys.BRAIN],
             delivery=delivery.connection(),
+            fallback=fallback,
         )
 
     return voice_agent
@@ -105,8 +109,22 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
             return Probe(bool(status.get("ready")), status)
 
         app[keys.READINESS].register("speech", probe)
-        yield
-        app[keys.READINESS].unregister("speech")
+        render: asyncio.Task[None] | None = None
+        text = settings.agent_fallback_text
+        if text and text != SHIPPED_TEXT:
+            # A custom apology is rendered once Hamsa answers; the shipped clip until then.
+            renderer = service.session("fallback-render")
+            render = asyncio.create_task(
+                keep_rendering(app[keys.FALLBACK], renderer.tts, text), name="fallback-render"
+            )
+        try:
+            yield
+        finally:
+            app[keys.READINESS].unregister("speech")
+            if render is not None:
+                render.cancel()
+                await asyncio.gather(render, return_exceptions=True)
+                await renderer.aclose()
 
 
 async def _embedded_simulator() -> tuple[str, Callable[[], Awaitable[None]]]:

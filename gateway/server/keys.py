@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.agent.brains import Brain
+from gateway.agent.fallback import FallbackClip
 from gateway.calls import CallRegistry
 from gateway.config import Settings
 from gateway.metrics import Metrics
@@ -23,5 +24,6 @@ HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 CONVERSATIONS: web.AppKey[ConversationFactory] = web.AppKey("conversations")
 SPEECH = web.AppKey("speech", HamsaService)
 BRAIN: web.AppKey[Brain] = web.AppKey("brain")
+FALLBACK = web.AppKey("fallback_clip", FallbackClip)  # what plays when TTS fails
 AUDIOSOCKET = web.AppKey("audiosocket", AudioSocketServer)  # only when AUDIOSOCKET_PORT is set
 BROWSER_TOKENS = web.AppKey("browser_tokens", TokenBook)  # only when BROWSER_PHONE=true

@@ -231,6 +231,43 @@ async def test_speech_outage_plays_the_clip_then_hangs_up(rig: Any, tmp_path: Pa
     assert turn_metrics(r) == Counter(t["outcome"] for t in record["turns"])
 
 
+async def test_a_custom_fallback_text_is_rendered_and_played_in_an_outage(
+    rig: Any, tmp_path: Path
+) -> None:
+    """AGENT_FALLBACK_TEXT is rendered through Hamsa while it is up, and that rendering (not
+    the shipped default apology) is what a caller hears once TTS is down."""
+    custom = "نعتذر منكم، الخدمة غير متاحة في هذه اللحظة، سنعود إليكم قريبا جدا إن شاء الله"
+    slow_voice = fast_sim_config(stt_script=(TRANSCRIPT,), ms_per_char=100.0)  # ~7.5 s clip
+    r: Rig = await rig(
+        sim=slow_voice,
+        speech_outage_hangup_seconds=1.0,
+        hamsa_retries=0,
+        agent_fallback_text=custom,
+    )
+    clip = r.client.app[keys.FALLBACK]
+    await wait_for(lambda: clip.rendered)
+    rendered_bytes = len(clip.audio.pcm) // 2 * 8000 // clip.audio.rate  # as μ-law 8 kHz
+    shipped_bytes = len(fallback_clip()) // 2
+    assert rendered_bytes > 1.5 * shipped_bytes  # so hearing it tells the clips apart
+    async with r.caller() as call:
+        await wait_for(lambda: call.stats.marks_echoed >= 2)  # greeting heard
+        down = {"ws_down": True, "tts": ["error"] * 50, "stt": ["error"] * 50}
+        down["rest"] = ["error"] * 50
+        async with r.client.session.post(r.sim.make_url("/sim/faults"), json=down) as resp:
+            assert resp.status == 200
+        before = call.stats.bytes_received
+        talking = asyncio.create_task(call.play(utterance() * 20, realtime=True))
+        try:
+            await wait_for(lambda: call.stats.bytes_received - before >= rendered_bytes * 0.9)
+            await call.wait_closed(TIMEOUT * 2)
+        finally:
+            talking.cancel()
+            await asyncio.gather(talking, return_exceptions=True)
+    record = records(tmp_path)[0]
+    assert record["outcome"] == "speech_unavailable"
+    assert custom in [t.get("reply") for t in record["turns"]]
+
+
 # ------------------------------------------------------------------ 10.3 DTMF flood
 
 
