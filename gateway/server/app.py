@@ -144,14 +144,17 @@ async def _audiosocket(app: web.Application) -> AsyncIterator[None]:
     """The AudioSocket TCP listener (``AUDIOSOCKET_PORT``); closing it ends its calls."""
     settings = app[keys.SETTINGS]
     assert settings.audiosocket_port is not None
+    # Outcome and transfer target for the dialplan after AudioSocket(), as for chan_websocket.
+    make_conversation, on_call_end = asterisk_routes.with_call_control(app)
     server = AudioSocketServer(
         host=settings.host,
         port=settings.audiosocket_port,
         allow=settings.audiosocket_allow,
         registry=app[keys.CALLS],
         metrics=app[keys.METRICS],
-        make_conversation=app[keys.CONVERSATIONS],
+        make_conversation=make_conversation,
         max_call_seconds=settings.max_call_seconds,
+        on_call_end=on_call_end,
     )
     await server.start()
     app[keys.AUDIOSOCKET] = server

@@ -33,7 +33,12 @@ from gateway.calls import CallSession, Conversation
 from gateway.config import Settings
 from gateway.server import keys
 from gateway.telephony.asterisk_ws import AsteriskWsProtocol
-from gateway.telephony.driver import DriverConfig, drive_websocket
+from gateway.telephony.driver import (
+    CallEndHook,
+    ConversationFactory,
+    DriverConfig,
+    drive_websocket,
+)
 from gateway.telephony.events import Transport
 
 log = logging.getLogger(__name__)
@@ -110,27 +115,7 @@ async def media(request: web.Request) -> web.StreamResponse:
         forward_variables=settings.asterisk_forward_variables,
         clock=time.monotonic,  # byte-clock playout model for plain-text control
     )
-    outcomes = app[CALL_OUTCOMES]
-    conversations = app[keys.CONVERSATIONS]
-
-    def make_conversation(session: CallSession) -> Conversation:
-        entry = outcomes.open(session)
-
-        async def transfer(target: str) -> bool:
-            # chan_websocket has no command that sets a channel variable (§2.5): the target
-            # waits here for the dialplan (CURL after Dial with the g option), and our leg ends.
-            if not TRANSFER_TARGET.fullmatch(target):
-                log.warning("transfer target %r is not a dialplan extension name", target[:80])
-                return False
-            entry.transfer_target = target
-            session.hangup("agent_transfer", outcome="transferred")
-            return True
-
-        session.transfer = transfer
-        return conversations(session)
-
-    async def on_call_end(session: CallSession) -> None:
-        outcomes.close(session)
+    make_conversation, on_call_end = with_call_control(app)
 
     await drive_websocket(
         ws,
@@ -150,8 +135,9 @@ async def media(request: web.Request) -> web.StreamResponse:
 #   GET /asterisk/calls/<id>            JSON {"call_id", "state", "outcome", "transfer"}
 #   GET /asterisk/calls/<id>/outcome    text/plain, e.g. "transferred" (for CURL())
 #   GET /asterisk/calls/<id>/transfer   text/plain: the agent's transfer target, or empty
-# <id> is the gateway's call id (the WebSocket channel's uniqueid) or the caller channel's
-# ${UNIQUEID} passed as v(callid=...), the one the dialplan knows. Same Basic credentials.
+# <id> is the gateway's call id (the WebSocket channel's uniqueid, or the AudioSocket UUID the
+# dialplan chose) or the caller channel's ${UNIQUEID} passed as v(callid=...), the one the
+# dialplan knows. Same Basic credentials (docs/protocols/asterisk.md §2.5).
 CALLS_PATH = "/asterisk/calls/{call_id}"
 CALL_ID_PARAM = "callid"
 # The target is used as an extension name (Goto(hamsa-transfer,<target>,1)): no commas,
@@ -163,7 +149,7 @@ MAX_OUTCOMES = 10_000
 
 @dataclass(slots=True)
 class CallControl:
-    """What the dialplan may ask about one chan_websocket call."""
+    """What the dialplan may ask about one Asterisk call (chan_websocket or AudioSocket)."""
 
     call_id: str
     session: CallSession | None  # while live; its outcome is read at request time
@@ -182,7 +168,7 @@ class CallControl:
 
 
 class CallOutcomes:
-    """Live and recently ended chan_websocket calls by call id (bounded, expiring)."""
+    """Live and recently ended Asterisk calls by call id (bounded, expiring)."""
 
     def __init__(
         self,
@@ -235,6 +221,38 @@ def _lookup_keys(session: CallSession) -> list[str]:
 
 
 CALL_OUTCOMES = web.AppKey("asterisk_call_outcomes", CallOutcomes)
+
+
+def with_call_control(app: web.Application) -> tuple[ConversationFactory, CallEndHook]:
+    """The app's conversation factory, with each Asterisk call in the outcome store.
+
+    Used by both Asterisk transports (chan_websocket here, AudioSocket in
+    :mod:`gateway.server.app`): neither has a command that sets a channel variable, so an
+    agent transfer stores its target here, ends the gateway's leg, and the dialplan that
+    continues after ``Dial(...,g)`` or ``AudioSocket()`` fetches it from ``CALLS_PATH``.
+    """
+    outcomes = app[CALL_OUTCOMES]
+    conversations = app[keys.CONVERSATIONS]
+
+    def make_conversation(session: CallSession) -> Conversation:
+        entry = outcomes.open(session)
+
+        async def transfer(target: str) -> bool:
+            # docs/protocols/asterisk.md §2.5: no chan_websocket command sets a variable.
+            if not TRANSFER_TARGET.fullmatch(target):
+                log.warning("transfer target %r is not a dialplan extension name", target[:80])
+                return False
+            entry.transfer_target = target
+            session.hangup("agent_transfer", outcome="transferred")
+            return True
+
+        session.transfer = transfer
+        return conversations(session)
+
+    async def on_call_end(session: CallSession) -> None:
+        outcomes.close(session)
+
+    return make_conversation, on_call_end
 
 
 async def call_info(request: web.Request) -> web.StreamResponse:

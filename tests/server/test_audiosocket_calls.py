@@ -23,7 +23,7 @@ from gateway.config import AgentMode
 from gateway.metrics import Metrics
 from gateway.server import keys
 from gateway.server.app import create_app
-from gateway.sim.asterisk_caller import AudioSocketCaller, packet
+from gateway.sim.asterisk_caller import AudioSocketCaller, basic_auth_header, packet
 from gateway.telephony.audiosocket_server import AudioSocketServer
 from gateway.telephony.events import (
     PCM16_8K,
@@ -290,6 +290,44 @@ async def test_gateway_hangup_sends_the_hangup_packet(gateway: GatewayFactory) -
         assert call.stats.protocol_errors == []
     await wait_for(lambda: gw.calls == 0)
     labels = {"transport": "audiosocket", "outcome": "max_duration"}
+    assert gw.metric("gateway_calls_total", labels) == 1
+
+
+async def test_transfer_target_and_outcome_are_served_to_the_dialplan(
+    gateway: GatewayFactory,
+) -> None:
+    """AudioSocket has no way to set a channel variable either: an agent transfer ends our
+    leg with the hang-up packet, and the dialplan after AudioSocket() fetches the target by
+    the UUID it chose (same store and credentials as chan_websocket)."""
+    gw = await gateway(record=True, asterisk_ws_username="ast", asterisk_ws_password="pw")
+    auth = {"Authorization": basic_auth_header("ast", "pw")}
+    http = gw.client.session
+    call_uuid = uuid.uuid4()
+    base = gw.client.make_url(f"/asterisk/calls/{call_uuid}")
+    async with gw.caller(call_uuid=call_uuid) as call:
+        await call.play(tone(1), realtime=False)
+        await wait_for(lambda: len(gw.recorders) == 1)
+        live = await http.get(base, headers=auth)
+        assert (await live.json())["state"] == "live"
+        session = gw.recorders[0].session
+        assert session.transfer is not None
+        assert not await session.transfer("100,,U(evil)")  # not an extension name
+        assert await session.transfer("operator")
+        await call.wait_done(TIMEOUT)
+        assert call.stats.hangup_received
+    transfer = await http.get(f"{base}/transfer", headers=auth)
+    assert transfer.status == 200 and await transfer.text() == "operator"
+    assert await (await http.get(f"{base}/outcome", headers=auth)).text() == "transferred"
+    assert (await http.get(f"{base}/outcome")).status == 401
+    await wait_for(lambda: gw.calls == 0)
+    info = await (await http.get(base, headers=auth)).json()
+    assert info == {
+        "call_id": str(call_uuid),
+        "state": "ended",
+        "outcome": "transferred",
+        "transfer": "operator",
+    }
+    labels = {"transport": "audiosocket", "outcome": "transferred"}
     assert gw.metric("gateway_calls_total", labels) == 1
 
 

@@ -149,6 +149,25 @@ def test_after_dial_the_dialplan_fetches_the_transfer_target_from_the_gateway() 
     assert any(app == "GotoIf" and '"${HAMSA_TRANSFER}" = ""' in args for app, args in apps)
 
 
+def test_after_audiosocket_the_dialplan_fetches_the_transfer_target_by_uuid() -> None:
+    """Both AudioSocket forms (the application and Dial) go on to [hamsa-transfer] with the
+    target the gateway stored under the UUID the dialplan generated (its call id)."""
+    legs = [
+        (i, s)
+        for i, s in enumerate(STEPS)
+        if s.app == "AudioSocket" or (s.app == "Dial" and s.args.startswith("AudioSocket/"))
+    ]
+    assert len(legs) == 2
+    route = CALLS_PATH.replace("{call_id}", "${HAMSA_UUID}") + "/transfer"
+    for index, leg in legs:
+        assert "${HAMSA_UUID}" in leg.args
+        after = [s for s in STEPS[index + 1 :] if (s.context, s.exten) == (leg.context, leg.exten)]
+        apps = [(s.app, s.args) for s in after]
+        assert ("Set", "CURLOPT(userpwd)=${HAMSA_GW_AUTH}") in apps
+        assert ("Set", f"HAMSA_TRANSFER=${{CURL(${{HAMSA_GW_URL}}{route})}}") in apps
+        assert ("Goto", "hamsa-transfer,${HAMSA_TRANSFER},1") in apps
+
+
 def test_transfer_context_handles_unknown_targets_and_the_allowed_charset() -> None:
     extens = {s.exten for s in STEPS if s.context == "hamsa-transfer"}
     assert "i" in extens  # an unknown target lands on the invalid-extension handler
