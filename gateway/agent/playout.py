@@ -27,6 +27,10 @@ Pieces (all sans-I/O except :func:`scheduled`; time is passed in as monotonic se
   queued ahead (backpressure: ``PLAYOUT_MAX_AHEAD_SECONDS``).
 * :func:`scheduled`: wraps a TTS chunk stream and holds its first chunks until the plan says
   go (or the stream ends).
+* :class:`Prefetched`: reads a (scheduled) TTS stream in its own task into a bounded buffer,
+  so the next sentence is synthesised while the current one is still being sent and its
+  first audio is waiting when the current one's last audio has gone out: sentence
+  boundaries do not gap (issue 11).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 if TYPE_CHECKING:  # the speech session imports this module (its delivery model)
     from gateway.speech.hamsa.session import TtsChunk
@@ -58,6 +62,12 @@ FRAME_QUANTILE: Final = 0.95
 LENGTH_QUANTILE: Final = 0.5  # long end of observed ms per character
 _MAX_PLANNED_FRAMES: Final = 64  # bound on the prediction loop (a 2000-char sentence)
 UNDERRUN_TOLERANCE: Final = 0.02  # s: one 20 ms frame of lateness is not heard as a gap
+# Chunks a prefetched sentence buffers before its reader stops reading the socket (Hamsa
+# frames are <= 64 KB: a bound of ~0.5 MB per call, and the sender's own backpressure,
+# PLAYOUT_MAX_AHEAD_SECONDS, still applies once the sentence is being sent).
+PREFETCH_CHUNKS: Final = 8
+
+T = TypeVar("T")
 
 
 def _quantile(values: deque[float], q: float) -> float:
@@ -332,3 +342,54 @@ async def scheduled(
                 following.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                     await following
+
+
+class Prefetched(Generic[T]):
+    """``stream`` read in its own task into a buffer of at most ``limit`` items.
+
+    ``started`` is set at the first item (or when the stream ended or failed). Iterate
+    :meth:`items` once: the buffered items, then the rest as they come; the stream's error
+    is raised there. :meth:`aclose` cancels the reader and waits for it, which closes the
+    stream (a TTS stream then drops its socket: it has unread audio). Always call it.
+    """
+
+    def __init__(self, stream: AsyncIterator[T], limit: int = PREFETCH_CHUNKS) -> None:
+        self.started = asyncio.Event()
+        self._buffer: asyncio.Queue[tuple[T] | None] = asyncio.Queue(limit)  # None: the end
+        self._error: BaseException | None = None
+        self._task = asyncio.get_running_loop().create_task(self._read(stream))
+
+    async def _read(self, stream: AsyncIterator[T]) -> None:
+        try:
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for item in stream:
+                    self.started.set()
+                    await self._buffer.put((item,))
+        except Exception as exc:  # handed to the consumer, which decides
+            self._error = exc
+        finally:
+            self.started.set()
+        await self._buffer.put(None)
+
+    async def items(self) -> AsyncIterator[T]:
+        while (item := await self._buffer.get()) is not None:
+            yield item[0]
+        if self._error is not None:
+            raise self._error
+
+    async def aclose(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        await asyncio.wait({self._task})
+
+
+@dataclass(slots=True)
+class Synthesis:
+    """One sentence's TTS on its way: the text, when it was asked for, its audio (read ahead
+    into a buffer), and with adaptive playout its plan and hold."""
+
+    text: str
+    started: float
+    audio: Prefetched[TtsChunk]
+    plan: SentencePlan | None = None
+    hold: HoldResult = field(default_factory=HoldResult)

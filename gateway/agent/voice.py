@@ -46,7 +46,9 @@ from gateway.agent.playout import (
     DeliveryModel,
     HoldResult,
     PlayoutClock,
+    Prefetched,
     SentencePlan,
+    Synthesis,
     scheduled,
 )
 from gateway.agent.record import CallRecord, TurnRecord, append_record
@@ -638,21 +640,81 @@ class VoiceAgentConversation:
     async def _speak(self, reply: Reply, sentences: asyncio.Queue[str | None]) -> None:
         """Speak sentences in order. A sentence whose TTS fails (after the Hamsa session's own
         retries) is skipped, and the next one goes out on a fresh connection: the caller loses
-        one sentence, not the rest of the reply."""
+        one sentence, not the rest of the reply.
+
+        With adaptive playout the next sentence's TTS starts as soon as its text is known and
+        the current sentence's audio has begun to arrive (the speech session runs it on a
+        second socket), read ahead into a buffer: when the current sentence's last audio has
+        been sent, the next one's first audio is already here and the boundary does not gap.
+        Cancelling this task (barge-in) closes both streams.
+        """
         index = 0
-        while (sentence := await sentences.get()) is not None:
-            if reply.cancelled:
-                return
-            self._session.observe("reply", turn=reply.turn, text=sentence)
-            try:
-                await self._speak_sentence(reply, sentence, index)
-            except HamsaError as exc:
-                reply.record.outcome = "tts_error"
-                log.warning("TTS failed for sentence %d of turn %d: %s", index, reply.turn, exc)
-            index += 1
+        live: list[Prefetched[TtsChunk]] = []
+        ahead: asyncio.Task[Synthesis | None] | None = None
+        try:
+            text = await sentences.get()
+            current = None if text is None else self._synthesize(text, index, live)
+            while current is not None:
+                if reply.cancelled:
+                    return
+                if self._adaptive:
+                    ahead = asyncio.get_running_loop().create_task(
+                        self._synthesize_next(sentences, current, index + 1, live)
+                    )
+                self._session.observe("reply", turn=reply.turn, text=current.text)
+                try:
+                    await self._speak_sentence(reply, current, index)
+                except HamsaError as exc:
+                    reply.record.outcome = "tts_error"
+                    log.warning("TTS failed for sentence %d of turn %d: %s", index, reply.turn, exc)
+                await current.audio.aclose()
+                live.remove(current.audio)
+                index += 1
+                if ahead is not None:
+                    current, ahead = await ahead, None
+                else:
+                    text = await sentences.get()
+                    current = None if text is None else self._synthesize(text, index, live)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.wait({ahead})
+            for audio in live:
+                await audio.aclose()
         reply.mark_sending_done()
 
-    async def _speak_sentence(self, reply: Reply, text: str, index: int) -> None:
+    def _synthesize(self, text: str, index: int, live: list[Prefetched[TtsChunk]]) -> Synthesis:
+        """Start ``text``'s TTS now (scheduled when adaptive), read ahead into a buffer."""
+        started = time.monotonic()
+        stream: AsyncIterator[TtsChunk] = self._speech.tts(text, mulaw=self._use_mulaw)
+        plan: SentencePlan | None = None
+        hold = HoldResult()
+        if self._adaptive:
+            plan = SentencePlan(len(text), self._delivery.predict(), self._safety)
+            stream = scheduled(stream, plan, self._playout, tts_seconds, time.monotonic, hold)
+        elif index == 0 and self._prebuffer > 0:
+            # Nothing is playing yet: give the provider a moment to send its next chunk.
+            stream = prebuffered(stream, self._prebuffer)
+        audio = Prefetched(stream)
+        live.append(audio)
+        return Synthesis(text, started, audio, plan, hold)
+
+    async def _synthesize_next(
+        self,
+        sentences: asyncio.Queue[str | None],
+        current: Synthesis,
+        index: int,
+        live: list[Prefetched[TtsChunk]],
+    ) -> Synthesis | None:
+        """The next sentence's synthesis, started once its text is known and ``current``'s
+        audio has begun to arrive (its first audio is not slowed by a second request)."""
+        text = await sentences.get()
+        if text is None:
+            return None
+        await current.audio.started.wait()
+        return self._synthesize(text, index, live)
+
+    async def _speak_sentence(self, reply: Reply, synthesis: Synthesis, index: int) -> None:
         """Synthesize one sentence and send it, scheduled (``gateway.agent.playout``).
 
         The sentence's start is held only as long as the learned delivery model says its
@@ -665,17 +727,10 @@ class VoiceAgentConversation:
         clock = self._playout
         converter: OutboundConverter | None = None
         audio_ms = 0.0
-        started = time.monotonic()
+        text, started = synthesis.text, synthesis.started
+        plan, hold = synthesis.plan, synthesis.hold
         bytes_per_ms = self._format.bytes_per_ms()
-        stream: AsyncIterator[TtsChunk] = self._speech.tts(text, mulaw=self._use_mulaw)
-        plan: SentencePlan | None = None
-        hold = HoldResult()
-        if self._adaptive:
-            plan = SentencePlan(len(text), self._delivery.predict(), self._safety)
-            stream = scheduled(stream, plan, clock, tts_seconds, time.monotonic, hold)
-        elif index == 0 and self._prebuffer > 0:
-            # Nothing is playing yet: give the provider a moment to send its next chunk.
-            stream = prebuffered(stream, self._prebuffer)
+        stream = synthesis.audio.items()
         first_chunk = True
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for chunk in stream:

@@ -12,6 +12,7 @@ from gateway.agent.playout import (
     DeliveryModel,
     HoldResult,
     PlayoutClock,
+    Prefetched,
     SentencePlan,
     scheduled,
 )
@@ -106,3 +107,54 @@ async def test_scheduled_does_not_hold_while_earlier_audio_covers_the_wait() -> 
     ):
         break
     assert result.held < 0.05
+
+
+async def test_prefetched_reads_ahead_into_a_bounded_buffer_and_yields_in_order() -> None:
+    pulled: list[int] = []
+
+    async def source() -> AsyncIterator[int]:
+        for i in range(10):
+            pulled.append(i)
+            yield i
+
+    ahead = Prefetched(source(), limit=3)
+    await ahead.started.wait()
+    for _ in range(20):  # let the reader run as far as it can
+        await asyncio.sleep(0)
+    assert len(pulled) == 4  # 3 buffered + 1 waiting for room: bounded, not the whole stream
+    assert [i async for i in ahead.items()] == list(range(10))
+    await ahead.aclose()
+
+
+async def test_prefetched_hands_the_error_to_the_consumer_after_the_audio() -> None:
+    async def failing() -> AsyncIterator[int]:
+        yield 1
+        raise ValueError("tts failed")
+
+    ahead = Prefetched(failing())
+    got: list[int] = []
+    try:
+        async for i in ahead.items():
+            got.append(i)
+    except ValueError as exc:
+        assert str(exc) == "tts failed"
+    else:
+        raise AssertionError("the stream's error must reach the consumer")
+    assert got == [1]
+    await ahead.aclose()
+
+
+async def test_prefetched_aclose_closes_the_stream_it_reads() -> None:
+    closed = asyncio.Event()
+
+    async def endless() -> AsyncIterator[int]:
+        try:
+            while True:
+                yield 0
+        finally:
+            closed.set()
+
+    ahead = Prefetched(endless(), limit=2)
+    await ahead.started.wait()
+    await ahead.aclose()  # e.g. a barge-in while this sentence was read ahead
+    assert closed.is_set() and ahead._task.done()

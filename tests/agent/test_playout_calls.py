@@ -24,15 +24,18 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.config import AgentMode
 from gateway.server import keys
 from gateway.server.app import create_app
 from gateway.sim.asterisk_caller import AsteriskWsCaller, AudioSocketCaller
-from gateway.sim.hamsa_sim import OBSERVED_DELIVERY, create_sim_app
+from gateway.sim.hamsa_sim import OBSERVED_DELIVERY, SIM_STATE, create_sim_app
 from gateway.sim.twilio_caller import TwilioCaller
 from gateway.telephony.events import AudioFormat
 from gateway.telephony.pacing import FRAME_MS, OutboundAudio
 from telecodecs.g711 import ulaw_to_pcm16
 from tests.agent.audio import silence
+from tests.agent.fake_agents import make_agent_app
+from tests.agent.test_voice_calls import utterance, wait_for
 from tests.conftest import TIMEOUT
 from tests.speech_rig import fast_sim_config, voice_settings
 
@@ -272,3 +275,93 @@ async def test_long_reply_is_not_read_faster_than_playout_allows(
         assert len(call.heard_audio()) > 4 * 16000  # it played all along
     # 2 s ahead plus at most one TTS frame (2 s) read before the check: never the 21 s.
     assert 1500.0 < peak <= 4200.0
+
+
+# A two-sentence reply, each sentence without spaces (continuous voice): 1.9 s and 2.1 s at
+# 60 ms per character. The agent sends it at once, so the second sentence's text is known
+# while the first one's TTS is still streaming.
+FIRST_SENTENCE = "أهلاوسهلابكفيخدمةالعملاءالرقمية."
+SECOND_SENTENCE = "كيفيمكننيمساعدتكفيطلبكاليومياصديقي؟"
+# First audio 1.7 s after each TTS request: the slow end of what was observed (hamsa.md
+# §1.4: 0.3-1.7 s). The first sentence's stream ends ~0.5 s after its first audio, ~1.3 s
+# before it has played out: a second request sent only then answers too late.
+SLOW_FIRST_AUDIO = 1.7
+
+
+async def two_sentence_greeting(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path, reply: str, **overrides: Any
+) -> tuple[TwilioCaller, Any]:
+    """A Twilio caller (not yet connected) whose greeting is the agent's ``reply`` to
+    call.started, spoken by the simulator in the observed pattern with slow first audio;
+    and the simulator's state."""
+    server = await aiohttp_server(
+        create_sim_app(
+            observed_sim(first_audio_delay=SLOW_FIRST_AUDIO, ms_per_char=60.0, stt_script=("",))
+        )
+    )
+    agent = await aiohttp_server(make_agent_app("n8n", reply=reply))
+    settings = voice_settings(
+        str(server.make_url("")),
+        tmp_path,
+        greeting_text="",  # the greeting is the agent's reply to call.started
+        agent=AgentMode.WEBHOOK,
+        agent_webhook_url=str(agent.make_url("/webhook/agent")),
+        **overrides,
+    )
+    client: TestClient = await aiohttp_client(create_app(settings))
+    call = TwilioCaller(client.session, str(client.make_url("/twilio/media")))
+    return call, server.app[SIM_STATE]
+
+
+async def test_sentence_boundary_does_not_gap_when_first_audio_is_slow(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """The next sentence's TTS runs while the current one streams and plays (second socket):
+    a Twilio caller hears both sentences back to back, with no silence at the boundary."""
+    call, _ = await two_sentence_greeting(
+        aiohttp_client, aiohttp_server, tmp_path, f"{FIRST_SENTENCE} {SECOND_SENTENCE}"
+    )
+    async with call:
+        assert await call.wait_reply_played(0.0, 2 * TIMEOUT, quiet=1.0)
+        heard = ulaw_to_pcm16(call.heard_audio())
+        marks = set(call.stats.mark_sent_times)
+    assert {"t1.s0", "t1.s1"} <= marks  # both sentences were spoken, in one reply
+    # 4 s of voice heard as one run: no silent frame at the boundary (nor inside).
+    assert len(heard) > int(3.8 * 16000)
+    assert gaps(heard) == []
+    assert call.sentence_gaps == [] and call.underruns_mid_sentence == 0
+
+
+def prefetch_readers() -> list[asyncio.Task[Any]]:
+    """Live tasks reading a sentence's TTS ahead (gateway.agent.playout.Prefetched)."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "Prefetched._read"
+    ]
+
+
+async def test_barge_in_closes_the_sentence_being_synthesised_ahead(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """The caller talks over the first sentence while the second one's TTS is running ahead
+    on its own socket: both streams close and no reader task is left. The second sentence
+    (14 s of audio, more chunks than the read-ahead buffer holds) would otherwise keep its
+    reader blocked, and its socket open, for good."""
+    long_second = "و" * 240 + "."
+    call, sim = await two_sentence_greeting(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        f"{FIRST_SENTENCE} {long_second}",
+        hamsa_tts_first_audio_timeout=30.0,
+    )
+    async with call:
+        await wait_for(lambda: call.stats.bytes_received > 0)  # the first sentence plays
+        # Its TTS and the second sentence's are both requested; nothing of the second sent.
+        await wait_for(lambda: sim.stats["tts_requests"] == 2)
+        assert "t1.s1" not in call.stats.mark_sent_times and prefetch_readers()
+        await call.play(utterance(1.0), realtime=True)  # the caller talks over it
+        await wait_for(lambda: call.stats.clears_received >= 1)
+        await wait_for(lambda: not prefetch_readers())
+        assert "t1.s1" not in call.stats.mark_sent_times  # the second sentence never went out

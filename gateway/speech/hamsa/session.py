@@ -19,6 +19,11 @@ Contract of :class:`HamsaSession`:
 * Stopping the iteration (``break`` + ``aclose``, or cancelling the task: barge-in) aborts
   that socket; the next request takes a fresh one. A socket with unread audio is never
   reused.
+* Two :meth:`tts` streams may run at once (the next sentence synthesised while the current
+  one is still streaming, ``gateway.agent.playout``): the second takes another socket from
+  the pool, since a socket carries one request at a time (§1.4). When it ends cleanly it
+  becomes the call's TTS socket if that slot is free, else it goes back to the pool: a call
+  holds one idle TTS socket.
 * :meth:`stt` sends one whole utterance as a 16 kHz WAV; markers such as ``[THINKING]`` are
   skipped; timeouts replace the socket.
 * Fatal errors (bad key, empty wallet) raise :class:`HamsaError` at once, never retried.
@@ -144,6 +149,7 @@ class HamsaSession:
         self._retry = Backoff(initial=settings.hamsa_retry_delay, factor=2.0, maximum=30.0)
         self._tts: HamsaConnection | None = None
         self._stt: HamsaConnection | None = None
+        self._tts_streaming: set[HamsaConnection] = set()  # TTS sockets with a request on
         self._closed = False
         # One acquisition at a time per socket kind (prepare() may race the first request).
         self._locks = {"tts": asyncio.Lock(), "stt": asyncio.Lock()}
@@ -177,16 +183,29 @@ class HamsaSession:
 
     async def _take_socket(self, which: str) -> HamsaConnection:
         held = self._tts if which == "tts" else self._stt
+        if held is not None and held in self._tts_streaming:
+            # Another sentence is streaming on the call's TTS socket: borrow a second one,
+            # leaving the held socket alone.
+            conn = await self._pool.acquire()
+            if conn.requests:
+                self._metrics.hamsa_connections.labels("reused").inc()
+            self._tts_streaming.add(conn)
+            return conn
         if held is not None:
             if held.usable:
                 self._metrics.hamsa_connections.labels("reused").inc()
-                return held
+                return self._taken(which, held)
             self._pool.discard(held)
         self._set(which, None)
         conn = await self._pool.acquire()
         if conn.requests:
             self._metrics.hamsa_connections.labels("reused").inc()
         self._set(which, conn)
+        return self._taken(which, conn)
+
+    def _taken(self, which: str, conn: HamsaConnection) -> HamsaConnection:
+        if which == "tts":
+            self._tts_streaming.add(conn)  # until _ws_audio ends (no await in between)
         return conn
 
     def _set(self, which: str, conn: HamsaConnection | None) -> None:
@@ -202,6 +221,16 @@ class HamsaSession:
         self._pool.discard(conn)
         if (self._tts if which == "tts" else self._stt) is conn:
             self._set(which, None)
+
+    def _tts_finished(self, conn: HamsaConnection) -> None:
+        """A TTS request on ``conn`` completed: a borrowed second socket becomes the call's
+        TTS socket if that slot is free, else it goes back to the pool."""
+        if conn is self._tts:
+            return
+        if self._tts is None and not self._closed:
+            self._tts = conn
+        else:
+            self._pool.release(conn)
 
     async def aclose(self) -> None:
         """Hang-up: give clean sockets back to the pool, close the rest."""
@@ -306,6 +335,8 @@ class HamsaSession:
                     last = short
                     continue
                 return  # already playing: nothing better to do than let it end
+            if conn is not None:
+                self._tts_finished(conn)
             if held:
                 yield b"".join(held)
             if not via_rest:
@@ -336,6 +367,7 @@ class HamsaSession:
                 timeout = self._s.hamsa_tts_gap_timeout
                 yield audio
         finally:
+            self._tts_streaming.discard(conn)
             if not done:
                 # Error, timeout, consumer stopped or task cancelled (barge-in): audio may
                 # still be on the wire and there is no cancel message, so the socket goes.
