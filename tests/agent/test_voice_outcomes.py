@@ -263,6 +263,7 @@ async def test_a_custom_fallback_text_is_rendered_and_played_in_an_outage(
         finally:
             talking.cancel()
             await asyncio.gather(talking, return_exceptions=True)
+    await wait_for(lambda: r.client.app[keys.CALLS].count == 0)  # the record is written
     record = records(tmp_path)[0]
     assert record["outcome"] == "speech_unavailable"
     assert custom in [t.get("reply") for t in record["turns"]]
