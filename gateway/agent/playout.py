@@ -16,8 +16,9 @@ Pieces (all sans-I/O except :func:`scheduled`; time is passed in as monotonic se
   a later chunk), *ms per character* (to predict a sentence's length from its text) and the
   *first chunk* size. Predictions use conservative quantiles of the recent window (slow
   rate, big frames, long sentences); a connection with a few sentences of its own uses its
-  own window, otherwise the process's; with no data at all, priors from the observed Hamsa
-  pattern.
+  own window, otherwise the process's, and for rate and frame size the more pessimistic of
+  the two (a handful of a call's own frames understates the big end); with no data at all,
+  priors from the observed Hamsa pattern.
 * :class:`SentencePlan`: one sentence's arrivals; :meth:`SentencePlan.required_start` is the
   earliest moment its playback may start so that every predicted later chunk arrives before
   it is needed (plus the safety margin).
@@ -127,21 +128,34 @@ class DeliveryModel:
             self._parent.observe(plan)
 
     def predict(self) -> Delivery:
-        """Slow-end rate, big-end frame and long-end length, from the most specific window
-        with enough samples (this connection, then the process, then the priors)."""
-        rate = self._pick("rates", RATE_QUANTILE, PRIOR_RATE)
-        frame = self._pick("frames", FRAME_QUANTILE, PRIOR_FRAME_SECONDS)
+        """Slow-end rate, big-end frame and long-end length. Length comes from the most
+        specific window with enough samples (this connection, then the process, then the
+        priors); rate and frame from the more pessimistic of the windows with enough: a
+        connection's few sentences put the 95th percentile of its frames near their maximum,
+        below the provider's (issue 11: the turns that still broke up had such holds)."""
+        rate = self._pick("rates", RATE_QUANTILE, PRIOR_RATE, min)
+        frame = self._pick("frames", FRAME_QUANTILE, PRIOR_FRAME_SECONDS, max)
         mspc = self._pick("ms_per_char", LENGTH_QUANTILE, PRIOR_MS_PER_CHAR)
         return Delivery(rate=rate, frame=frame, ms_per_char=mspc)
 
-    def _pick(self, name: str, q: float, prior: float) -> float:
+    def _pick(
+        self,
+        name: str,
+        q: float,
+        prior: float,
+        worse: Callable[[float, float], float] | None = None,
+    ) -> float:
+        picked: float | None = None
         model: DeliveryModel | None = self
         while model is not None:
             values: deque[float] = getattr(model._w, name)
             if len(values) >= MIN_SAMPLES:
-                return _quantile(values, q)
+                value = _quantile(values, q)
+                if worse is None:
+                    return value
+                picked = value if picked is None else worse(picked, value)
             model = model._parent
-        return prior
+        return prior if picked is None else picked
 
     def summary(self) -> dict[str, float]:
         """Medians of this window (for logs and benchmarks)."""

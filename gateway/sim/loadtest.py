@@ -538,6 +538,12 @@ def loadtest_main(argv: list[str]) -> int:
         "see gateway sim-hamsa --delivery)",
     )
     parser.add_argument(
+        "--stt-script",
+        metavar="FILE",
+        help="agent mode: the simulator's transcripts, one per line (the echo agent speaks "
+        "them back: e.g. two sentences per line to measure gaps between sentences)",
+    )
+    parser.add_argument(
         "--gateway-env",
         action="append",
         default=[],
@@ -572,6 +578,7 @@ def loadtest_main(argv: list[str]) -> int:
                         "0.28",
                         "--delivery",
                         args.delivery,
+                        *(["--stt-script", args.stt_script] if args.stt_script else []),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,

@@ -58,6 +58,30 @@ def test_model_learns_rate_frame_and_length_per_connection_and_process() -> None
     assert other.predict() == learned  # a new connection starts from the process
 
 
+def test_a_connections_few_frames_do_not_lower_the_process_estimate() -> None:
+    """Frame size and rate take the more pessimistic of the connection's and the process's
+    windows: five small frames of one call do not shorten the hold the provider needs."""
+
+    def sentence(frame: float, rate: float) -> SentencePlan:
+        plan = SentencePlan(40, SLOW, margin=0.0)
+        plan.arrived(0.5, 0.0)
+        plan.arrived(frame, frame / rate)
+        plan.arrived(0.3, frame / rate + 0.1)  # the text's cut last chunk
+        plan.ended = True
+        return plan
+
+    process = DeliveryModel()
+    busy = process.connection()
+    for _ in range(20):
+        busy.observe(sentence(2.0, 2.5))  # big frames, slow
+    lucky = process.connection()
+    for _ in range(MIN_SAMPLES):
+        lucky.observe(sentence(1.0, 4.0))  # small frames, fast
+    predicted = lucky.predict()
+    assert predicted.frame == 2.0
+    assert predicted.rate == process.predict().rate < 4.0
+
+
 def test_clock_reports_gaps_and_queue_ahead() -> None:
     clock = PlayoutClock()
     clock.reset(1.0)

@@ -20,10 +20,11 @@ Contract of :class:`HamsaSession`:
   that socket; the next request takes a fresh one. A socket with unread audio is never
   reused.
 * Two :meth:`tts` streams may run at once (the next sentence synthesised while the current
-  one is still streaming, ``gateway.agent.playout``): the second takes another socket from
-  the pool, since a socket carries one request at a time (§1.4). When it ends cleanly it
-  becomes the call's TTS socket if that slot is free, else it goes back to the pool: a call
-  holds one idle TTS socket.
+  one is still streaming, ``gateway.agent.playout``): the second takes a warm socket from
+  the pool, since a socket carries one request at a time (§1.4). With none idle it waits for
+  the call's own socket instead (a connect, ~1.2 s, would take longer than the first stream
+  has left). A borrowed socket that ended cleanly becomes the call's TTS socket if that slot
+  is free, else it goes back to the pool: a call holds one idle TTS socket.
 * :meth:`stt` sends one whole utterance as a 16 kHz WAV; markers such as ``[THINKING]`` are
   skipped; timeouts replace the socket.
 * Fatal errors (bad key, empty wallet) raise :class:`HamsaError` at once, never retried.
@@ -150,6 +151,7 @@ class HamsaSession:
         self._tts: HamsaConnection | None = None
         self._stt: HamsaConnection | None = None
         self._tts_streaming: set[HamsaConnection] = set()  # TTS sockets with a request on
+        self._tts_ended = asyncio.Event()  # set whenever a TTS request ends
         self._closed = False
         # One acquisition at a time per socket kind (prepare() may race the first request).
         self._locks = {"tts": asyncio.Lock(), "stt": asyncio.Lock()}
@@ -184,13 +186,19 @@ class HamsaSession:
     async def _take_socket(self, which: str) -> HamsaConnection:
         held = self._tts if which == "tts" else self._stt
         if held is not None and held in self._tts_streaming:
-            # Another sentence is streaming on the call's TTS socket: borrow a second one,
-            # leaving the held socket alone.
-            conn = await self._pool.acquire()
-            if conn.requests:
-                self._metrics.hamsa_connections.labels("reused").inc()
-            self._tts_streaming.add(conn)
-            return conn
+            # Another sentence is streaming on the call's TTS socket: borrow a warm one,
+            # leaving the held socket alone; with none idle, wait for that stream to end
+            # (sooner than a connect).
+            if self._pool.idle:
+                conn = await self._pool.acquire()
+                if conn.requests:
+                    self._metrics.hamsa_connections.labels("reused").inc()
+                self._tts_streaming.add(conn)
+                return conn
+            while held in self._tts_streaming:
+                self._tts_ended.clear()
+                await self._tts_ended.wait()
+            held = self._tts  # still the same socket, unless that stream failed
         if held is not None:
             if held.usable:
                 self._metrics.hamsa_connections.labels("reused").inc()
@@ -368,6 +376,7 @@ class HamsaSession:
                 yield audio
         finally:
             self._tts_streaming.discard(conn)
+            self._tts_ended.set()
             if not done:
                 # Error, timeout, consumer stopped or task cancelled (barge-in): audio may
                 # still be on the wire and there is no cancel message, so the socket goes.
