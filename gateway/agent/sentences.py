@@ -45,7 +45,7 @@ class SentenceSplitter:
     ``push(delta)`` returns the sentences completed by ``delta`` (often none);
     ``flush()`` returns the rest at the end of the reply and resets the splitter.
     Each returned sentence is non-empty, at most ``max_chars`` long and, except for the
-    flushed tail, at least ``min_chars`` long.
+    flushed tail, at least ``min_chars`` long (see rule 3 for the one exception).
     """
 
     __slots__ = ("_clause_chars", "_max", "_min", "_pending")
@@ -134,7 +134,9 @@ class SentenceSplitter:
             return None
         # Rule 3: nothing to cut at within max_chars; cut at the last whitespace in the
         # first max_chars + 1 characters (the character at max_chars may be the space),
-        # keeping the piece at least min_chars long; one huge word is cut at max_chars.
+        # keeping the piece at least min_chars long; one huge word is cut at max_chars (if the
+        # window ends in whitespace, that piece is shorter than min_chars once stripped: no
+        # cut within max_chars could be longer).
         window = text[: self._max + 1]
         for k in range(self._max, self._min - 1, -1):
             if window[k].isspace() and len(window[:k].strip()) >= self._min:
