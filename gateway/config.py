@@ -168,6 +168,12 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
         "adaptive playout: margin kept between predicted TTS arrival and playback",
     ),
     (
+        "PLAYOUT_LEAD_SPLIT",
+        "false",
+        "adaptive playout: synthesize a reply's first words (~0.6 s) and the rest of its first "
+        "sentence on two sockets at once, so its start is not held (a seam inside the sentence)",
+    ),
+    (
         "PLAYOUT_MAX_AHEAD_SECONDS",
         "10",
         "stop reading TTS while more than this much reply audio is queued ahead of playback",
@@ -304,6 +310,7 @@ class Settings:
     playout_prebuffer_ms: int = 0
     playout_adaptive: bool = True
     playout_safety_ms: int = 30
+    playout_lead_split: bool = False
     playout_max_ahead_seconds: float = 10.0
 
     hamsa_api_key: str = field(default="", repr=False)
@@ -573,6 +580,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "playout_prebuffer_ms": ("PLAYOUT_PREBUFFER_MS", _int(0, 5_000)),
     "playout_adaptive": ("PLAYOUT_ADAPTIVE", _bool),
     "playout_safety_ms": ("PLAYOUT_SAFETY_MS", _int(0, 2_000)),
+    "playout_lead_split": ("PLAYOUT_LEAD_SPLIT", _bool),
     "playout_max_ahead_seconds": ("PLAYOUT_MAX_AHEAD_SECONDS", _float(1, 600)),
     "hamsa_api_key": ("HAMSA_API_KEY", _text),
     "hamsa_base_url": ("HAMSA_BASE_URL", _url(("https", "http"))),

@@ -32,6 +32,11 @@ Pieces (all sans-I/O except :func:`scheduled`; time is passed in as monotonic se
   so the next sentence is synthesised while the current one is still being sent and its
   first audio is waiting when the current one's last audio has gone out: sentence
   boundaries do not gap (issue 11).
+* :func:`lead_split` (``PLAYOUT_LEAD_SPLIT``): the first words of a reply's first sentence
+  (about ``LEAD_SECONDS`` of audio) and the rest of it, synthesised as two requests at once.
+  The hold a long sentence needs is set by its second TTS frame, random and unknown until it
+  lands; a short lead has no such frame (its plan does not hold it), and by the time it has
+  played, the rest's first and second frames are in, so the rest is not held either.
 """
 
 from __future__ import annotations
@@ -67,6 +72,15 @@ UNDERRUN_TOLERANCE: Final = 0.02  # s: one 20 ms frame of lateness is not heard 
 # frames are <= 64 KB: a bound of ~0.5 MB per call, and the sender's own backpressure,
 # PLAYOUT_MAX_AHEAD_SECONDS, still applies once the sentence is being sent).
 PREFETCH_CHUNKS: Final = 8
+# Lead split (PLAYOUT_LEAD_SPLIT): the lead is cut at the first word boundary after this much
+# predicted audio (long enough to cover the rest's second frame: 0.33-0.67 s after its first
+# in the observed pattern, minus the rest's own 0.5 s first frame), and only when the rest is
+# predicted at least REST_SECONDS (a shorter sentence is not held anyway). A lead whose first
+# word boundary is beyond LEAD_MAX_SECONDS would itself be long enough to be held: no split.
+LEAD_SECONDS: Final = 0.6
+LEAD_MAX_SECONDS: Final = 1.4
+REST_SECONDS: Final = 1.0
+_CLAUSE_ENDS: Final = ",،;:؛"
 
 T = TypeVar("T")
 
@@ -397,13 +411,54 @@ class Prefetched(Generic[T]):
         await asyncio.wait({self._task})
 
 
+def lead_split(text: str, ms_per_char: float) -> tuple[str, str] | None:
+    """``text`` cut into a lead of at least ``LEAD_SECONDS`` of predicted audio (at a clause
+    end within the next few words if there is one, else the first word boundary) and the
+    rest; None when there is no such boundary before ``LEAD_MAX_SECONDS`` or the rest would
+    be shorter than ``REST_SECONDS``."""
+    text = text.strip()
+    if ms_per_char <= 0.0:
+        return None
+    shortest = max(1, int(LEAD_SECONDS * 1000.0 / ms_per_char + 0.999))
+    longest = int(LEAD_MAX_SECONDS * 1000.0 / ms_per_char)
+    cut = -1
+    for i in range(shortest, min(len(text), longest + 1)):
+        if text[i].isspace():
+            if cut < 0:
+                cut = i
+            if text[i - 1] in _CLAUSE_ENDS:
+                cut = i
+                break
+    if cut < 0:
+        return None
+    lead, rest = text[:cut].rstrip(), text[cut:].strip()
+    if not lead or len(rest) * ms_per_char < REST_SECONDS * 1000.0:
+        return None
+    return lead, rest
+
+
 @dataclass(slots=True)
 class Synthesis:
     """One sentence's TTS on its way: the text, when it was asked for, its audio (read ahead
-    into a buffer), and with adaptive playout its plan and hold."""
+    into a buffer), and with adaptive playout its plan and hold. With a lead split, this is
+    the lead's audio (``text`` is still the whole sentence's) and ``rest`` the rest's, played
+    right after it under the same sentence mark."""
 
     text: str
     started: float
     audio: Prefetched[TtsChunk]
     plan: SentencePlan | None = None
     hold: HoldResult = field(default_factory=HoldResult)
+    rest: Synthesis | None = None
+
+    def parts(self) -> list[Synthesis]:
+        """This synthesis and its rest, in playing order."""
+        return [self] if self.rest is None else [self, *self.rest.parts()]
+
+    async def items(self) -> AsyncIterator[TtsChunk]:
+        """The sentence's audio: each part's, in order (iterate once)."""
+        for part in self.parts():
+            stream = part.audio.items()
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for chunk in stream:
+                    yield chunk

@@ -49,6 +49,7 @@ from gateway.agent.playout import (
     Prefetched,
     SentencePlan,
     Synthesis,
+    lead_split,
     scheduled,
 )
 from gateway.agent.record import CallRecord, TurnRecord, append_record
@@ -276,6 +277,7 @@ class VoiceAgentConversation:
         self._fallback = fallback if fallback is not None else FallbackClip()
         self._adaptive = settings.playout_adaptive
         self._safety = settings.playout_safety_ms / 1000.0
+        self._lead_split = settings.playout_adaptive and settings.playout_lead_split
         self._max_ahead = settings.playout_max_ahead_seconds
         transport = session.transport.value
         self._underrun_count = metrics.playout_underruns.labels(transport)
@@ -647,6 +649,9 @@ class VoiceAgentConversation:
         second socket), read ahead into a buffer: when the current sentence's last audio has
         been sent, the next one's first audio is already here and the boundary does not gap.
         Cancelling this task (barge-in) closes both streams.
+
+        With ``PLAYOUT_LEAD_SPLIT`` a reply's first sentence is synthesised as a short lead and
+        the rest at once (``gateway.agent.playout.lead_split``): one sentence, two streams.
         """
         index = 0
         live: list[Prefetched[TtsChunk]] = []
@@ -667,8 +672,9 @@ class VoiceAgentConversation:
                 except HamsaError as exc:
                     reply.record.outcome = "tts_error"
                     log.warning("TTS failed for sentence %d of turn %d: %s", index, reply.turn, exc)
-                await current.audio.aclose()
-                live.remove(current.audio)
+                for part in current.parts():
+                    await part.audio.aclose()
+                    live.remove(part.audio)
                 index += 1
                 if ahead is not None:
                     current, ahead = await ahead, None
@@ -684,7 +690,21 @@ class VoiceAgentConversation:
         reply.mark_sending_done()
 
     def _synthesize(self, text: str, index: int, live: list[Prefetched[TtsChunk]]) -> Synthesis:
-        """Start ``text``'s TTS now (scheduled when adaptive), read ahead into a buffer."""
+        """Start ``text``'s TTS now (scheduled when adaptive), read ahead into a buffer; a
+        reply's first sentence as a lead and the rest with ``PLAYOUT_LEAD_SPLIT``."""
+        if self._lead_split and index == 0:
+            split = lead_split(text, self._delivery.predict().ms_per_char)
+            if split is not None:
+                # The lead first: it takes the call's own socket, the rest a warm pooled one.
+                lead = self._synthesize_part(split[0], index, live)
+                lead.rest = self._synthesize_part(split[1], index, live)
+                lead.text = text
+                return lead
+        return self._synthesize_part(text, index, live)
+
+    def _synthesize_part(
+        self, text: str, index: int, live: list[Prefetched[TtsChunk]]
+    ) -> Synthesis:
         started = time.monotonic()
         stream: AsyncIterator[TtsChunk] = self._speech.tts(text, mulaw=self._use_mulaw)
         plan: SentencePlan | None = None
@@ -730,8 +750,8 @@ class VoiceAgentConversation:
         text, started = synthesis.text, synthesis.started
         plan, hold = synthesis.plan, synthesis.hold
         bytes_per_ms = self._format.bytes_per_ms()
-        stream = synthesis.audio.items()
-        first_chunk = True
+        stream = synthesis.items()
+        first_chunk = True  # (a gap at a lead split's seam is inside the sentence)
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for chunk in stream:
                 if reply.cancelled:
@@ -775,8 +795,9 @@ class VoiceAgentConversation:
                 clock.sent(len(tail) / bytes_per_ms / 1000.0, time.monotonic())
         if reply.cancelled:
             return
-        if plan is not None and plan.ended:
-            self._delivery.observe(plan)
+        for part in synthesis.parts():
+            if part.plan is not None and part.plan.ended:
+                self._delivery.observe(part.plan)
         name = f"t{reply.turn}.s{index}"
         reply.sentences.append(SpokenSentence(name, text, audio_ms))
         self._mark_sent_at[name] = time.monotonic()

@@ -14,6 +14,7 @@ from gateway.agent.playout import (
     PlayoutClock,
     Prefetched,
     SentencePlan,
+    lead_split,
     scheduled,
 )
 from gateway.speech.hamsa.session import TtsChunk
@@ -182,3 +183,18 @@ async def test_prefetched_aclose_closes_the_stream_it_reads() -> None:
     await ahead.started.wait()
     await ahead.aclose()  # e.g. a barge-in while this sentence was read ahead
     assert closed.is_set() and ahead._task.done()
+
+
+def test_lead_split_cuts_at_the_first_word_boundary_after_the_lead_length() -> None:
+    # 100 ms per character: the lead needs >= 6 characters (0.6 s), the rest >= 10 (1 s).
+    assert lead_split("ab cdefgh ijklmnopqrstuv", 100.0) == ("ab cdefgh", "ijklmnopqrstuv")
+
+
+def test_lead_split_prefers_a_clause_end_within_reach() -> None:
+    text = "abcdefg hij, klmnopqrstuvwxyz"
+    assert lead_split(text, 100.0) == ("abcdefg hij,", "klmnopqrstuvwxyz")
+
+
+def test_lead_split_leaves_short_or_unbreakable_sentences_whole() -> None:
+    assert lead_split("abcdefg hijk", 100.0) is None  # rest 0.4 s: not held anyway
+    assert lead_split("abcdefghijklmnopqrstuvwxyz abcdefghijklmnop", 100.0) is None  # no cut
