@@ -169,7 +169,7 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "PLAYOUT_LEAD_SPLIT",
-        "false",
+        "true",
         "adaptive playout: synthesize a reply's first words (~0.6 s) and the rest of its first "
         "sentence on two sockets at once, so its start is not held (a seam inside the sentence)",
     ),
@@ -310,7 +310,7 @@ class Settings:
     playout_prebuffer_ms: int = 0
     playout_adaptive: bool = True
     playout_safety_ms: int = 30
-    playout_lead_split: bool = False
+    playout_lead_split: bool = True
     playout_max_ahead_seconds: float = 10.0
 
     hamsa_api_key: str = field(default="", repr=False)

@@ -72,12 +72,14 @@ UNDERRUN_TOLERANCE: Final = 0.02  # s: one 20 ms frame of lateness is not heard 
 # frames are <= 64 KB: a bound of ~0.5 MB per call, and the sender's own backpressure,
 # PLAYOUT_MAX_AHEAD_SECONDS, still applies once the sentence is being sent).
 PREFETCH_CHUNKS: Final = 8
-# Lead split (PLAYOUT_LEAD_SPLIT): the lead is cut at the first word boundary after this much
-# predicted audio (long enough to cover the rest's second frame: 0.33-0.67 s after its first
-# in the observed pattern, minus the rest's own 0.5 s first frame), and only when the rest is
-# predicted at least REST_SECONDS (a shorter sentence is not held anyway). A lead whose first
-# word boundary is beyond LEAD_MAX_SECONDS would itself be long enough to be held: no split.
+# Lead split (PLAYOUT_LEAD_SPLIT): the lead is cut at the first word boundary after at least
+# LEAD_SECONDS of predicted audio, more if the rest's second frame could land later than the
+# lead and the rest's first frame (at least REST_FIRST_SECONDS, hamsa.md §1.4: 0.23 s) take to
+# play (a big frame at a slow rate), and only when the rest is predicted at least REST_SECONDS
+# (a shorter sentence is not held anyway). A lead whose first word boundary is beyond
+# LEAD_MAX_SECONDS would itself be long enough to be held: no split.
 LEAD_SECONDS: Final = 0.6
+REST_FIRST_SECONDS: Final = 0.23
 LEAD_MAX_SECONDS: Final = 1.4
 REST_SECONDS: Final = 1.0
 _CLAUSE_ENDS: Final = ",،;:؛"
@@ -411,15 +413,18 @@ class Prefetched(Generic[T]):
         await asyncio.wait({self._task})
 
 
-def lead_split(text: str, ms_per_char: float) -> tuple[str, str] | None:
-    """``text`` cut into a lead of at least ``LEAD_SECONDS`` of predicted audio (at a clause
-    end within the next few words if there is one, else the first word boundary) and the
-    rest; None when there is no such boundary before ``LEAD_MAX_SECONDS`` or the rest would
-    be shorter than ``REST_SECONDS``."""
+def lead_split(text: str, delivery: Delivery, margin: float = 0.0) -> tuple[str, str] | None:
+    """``text`` cut into a lead and the rest: the lead long enough (predicted) to cover the
+    rest's second frame (``delivery``: frame / rate, less the rest's first frame, plus
+    ``margin``; at least ``LEAD_SECONDS``), cut at a clause end within reach if there is one,
+    else at the first word boundary; None when there is no such boundary before
+    ``LEAD_MAX_SECONDS`` or the rest would be shorter than ``REST_SECONDS``."""
     text = text.strip()
-    if ms_per_char <= 0.0:
+    ms_per_char = delivery.ms_per_char
+    if ms_per_char <= 0.0 or delivery.rate <= 0.0:
         return None
-    shortest = max(1, int(LEAD_SECONDS * 1000.0 / ms_per_char + 0.999))
+    needed = max(LEAD_SECONDS, delivery.frame / delivery.rate - REST_FIRST_SECONDS + margin)
+    shortest = max(1, int(needed * 1000.0 / ms_per_char + 0.999))
     longest = int(LEAD_MAX_SECONDS * 1000.0 / ms_per_char)
     cut = -1
     for i in range(shortest, min(len(text), longest + 1)):

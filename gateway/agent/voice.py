@@ -693,7 +693,7 @@ class VoiceAgentConversation:
         """Start ``text``'s TTS now (scheduled when adaptive), read ahead into a buffer; a
         reply's first sentence as a lead and the rest with ``PLAYOUT_LEAD_SPLIT``."""
         if self._lead_split and index == 0:
-            split = lead_split(text, self._delivery.predict().ms_per_char)
+            split = lead_split(text, self._delivery.predict(), self._safety)
             if split is not None:
                 # The lead first: it takes the call's own socket, the rest a warm pooled one.
                 lead = self._synthesize_part(split[0], index, live)

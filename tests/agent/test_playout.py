@@ -185,16 +185,29 @@ async def test_prefetched_aclose_closes_the_stream_it_reads() -> None:
     assert closed.is_set() and ahead._task.done()
 
 
+# 100 ms per character; 2 s frames at 3x real time: the rest's second frame lands 0.67 s after
+# its first, which plays >= 0.23 s: a lead of 0.44 s would do, LEAD_SECONDS (0.6) is the floor.
+OBSERVED = Delivery(rate=3.0, frame=2.0, ms_per_char=100.0)
+
+
 def test_lead_split_cuts_at_the_first_word_boundary_after_the_lead_length() -> None:
-    # 100 ms per character: the lead needs >= 6 characters (0.6 s), the rest >= 10 (1 s).
-    assert lead_split("ab cdefgh ijklmnopqrstuv", 100.0) == ("ab cdefgh", "ijklmnopqrstuv")
+    # The lead needs >= 6 characters (0.6 s), the rest >= 10 (1 s).
+    assert lead_split("ab cdefgh ijklmnopqrstuv", OBSERVED) == ("ab cdefgh", "ijklmnopqrstuv")
 
 
 def test_lead_split_prefers_a_clause_end_within_reach() -> None:
     text = "abcdefg hij, klmnopqrstuvwxyz"
-    assert lead_split(text, 100.0) == ("abcdefg hij,", "klmnopqrstuvwxyz")
+    assert lead_split(text, OBSERVED) == ("abcdefg hij,", "klmnopqrstuvwxyz")
 
 
 def test_lead_split_leaves_short_or_unbreakable_sentences_whole() -> None:
-    assert lead_split("abcdefg hijk", 100.0) is None  # rest 0.4 s: not held anyway
-    assert lead_split("abcdefghijklmnopqrstuvwxyz abcdefghijklmnop", 100.0) is None  # no cut
+    assert lead_split("abcdefg hijk", OBSERVED) is None  # rest 0.4 s: not held anyway
+    assert lead_split("abcdefghijklmnopqrstuvwxyz abcdefghijklmnop", OBSERVED) is None  # no cut
+
+
+def test_a_slower_delivery_needs_a_longer_lead() -> None:
+    # At 2x real time the second frame lands 1 s after the first: a lead of >= 0.8 s.
+    slow = Delivery(rate=2.0, frame=2.0, ms_per_char=100.0)
+    text = "abcdef gh ijklmnopqrstuv"
+    assert lead_split(text, OBSERVED) == ("abcdef", "gh ijklmnopqrstuv")
+    assert lead_split(text, slow, margin=0.03) == ("abcdef gh", "ijklmnopqrstuv")

@@ -88,7 +88,9 @@ async def test_without_the_split_the_same_sentence_is_held(
     aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
 ) -> None:
     """The control: one request, and the scheduler holds its start for the second frame."""
-    call, client, sim = await greeting(aiohttp_client, aiohttp_server, tmp_path, SENTENCE)
+    call, client, sim = await greeting(
+        aiohttp_client, aiohttp_server, tmp_path, SENTENCE, playout_lead_split=False
+    )
     async with call:
         assert await call.wait_reply_played(0.0, TIMEOUT, quiet=1.0)
     assert sim.stats["tts_requests"] == 1
