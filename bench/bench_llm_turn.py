@@ -14,8 +14,9 @@ sentence (the first text TTS can take; measured by the stand-in, same clock) and
 audio.
 
 Run: ``.venv/bin/python -m bench.bench_llm_turn [--turns 5] [--no-adaptive-playout]`` (about
-8 s per turn). With the default ``PLAYOUT_ADAPTIVE=true`` the gateway holds each sentence's
-start as long as the learned TTS delivery rate needs for gap-free playout; that hold is part
+8 s per turn). With the default ``PLAYOUT_ADAPTIVE=true`` the gateway may hold a sentence's
+start as long as the learned TTS delivery rate needs for gap-free playout (a long first
+sentence is split into a lead and the rest instead, ``PLAYOUT_LEAD_SPLIT``); any hold is part
 of "gateway-added".
 """
 
