@@ -692,7 +692,12 @@ class VoiceAgentConversation:
     def _synthesize(self, text: str, index: int, live: list[Prefetched[TtsChunk]]) -> Synthesis:
         """Start ``text``'s TTS now (scheduled when adaptive), read ahead into a buffer; a
         reply's first sentence as a lead and the rest with ``PLAYOUT_LEAD_SPLIT``."""
-        if self._lead_split and index == 0:
+        reply = self._reply
+        greeting = reply is None or reply.record.kind == "greeting"
+        self._speech.keep_greeting_reserve = greeting
+        if self._lead_split and index == 0 and self._speech.can_borrow():
+            # (No warm socket to spare, e.g. a greeting in a burst of new calls: the rest
+            # would wait for the lead's socket, and other new calls' greetings need them.)
             split = lead_split(text, self._delivery.predict(), self._safety)
             if split is not None:
                 # The lead first: it takes the call's own socket, the rest a warm pooled one.

@@ -46,8 +46,14 @@ async def greeting(
     server = await aiohttp_server(
         create_sim_app(observed_sim(seed=BIG_SECOND_FRAME, first_audio_delay=0.28))
     )
+    # One call, no burst to keep warm sockets for: three warm sockets (STT, the greeting's
+    # lead and its rest).
+    overrides.setdefault("hamsa_pool_burst_calls", 0)
+    overrides.setdefault("hamsa_pool_min_idle", 3)
     settings = voice_settings(str(server.make_url("")), tmp_path, greeting_text=text, **overrides)
     client: TestClient = await aiohttp_client(create_app(settings))
+    pool = client.app[keys.SPEECH].pool  # type: ignore[index]
+    await wait_for(lambda: pool.idle >= 3)
     call = TwilioCaller(client.session, str(client.make_url("/twilio/media")))
     return call, client, server.app[SIM_STATE]
 

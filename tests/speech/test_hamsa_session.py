@@ -462,6 +462,27 @@ async def test_no_key_and_no_simulator_is_a_clear_start_error() -> None:
     await service.aclose()
 
 
+async def test_with_the_lead_split_a_burst_reserve_holds_two_sockets_per_greeting(
+    make_env: MakeEnv,
+) -> None:
+    """A greeting may use two streams (lead and rest): the pool keeps 2 x the burst warm, and
+    a second stream borrows only beyond the reserve while the greeting plays."""
+    env = await make_env(hamsa_pool_min_idle=1, hamsa_pool_burst_calls=2)
+    pool = env.service.pool
+    await wait_for(lambda: pool.idle == 4)
+    session = env.service.session("call-split")
+    assert session.keep_greeting_reserve and session.can_borrow()  # 4 idle > 2 reserved
+    async with aclosing(session.tts(TEXT)) as first:
+        assert (await anext(first)).audio  # the call's own socket: 3 idle
+        taken = pool.idle
+        assert session.can_borrow() == (taken > 2)
+        session.keep_greeting_reserve = False  # after the greeting: any idle socket
+        assert session.can_borrow() == (taken > 0)
+        async for _ in first:
+            pass
+    await session.aclose()
+
+
 async def test_connection_open_classifies_unreachable(aiohttp_server: Any) -> None:
     endpoint = Endpoint("ws://127.0.0.1:9/v1/realtime/ws", KEY)
     with pytest.raises(HamsaError) as info:
@@ -473,7 +494,8 @@ async def test_connection_open_classifies_unreachable(aiohttp_server: Any) -> No
 async def test_prepare_leaves_warm_sockets_to_greetings(make_env: MakeEnv) -> None:
     """Issue 10.17: a call's STT socket (taken while its greeting plays) is opened fresh
     while the pool holds no more than the burst reserve, so a burst's greetings keep them."""
-    env = await make_env(hamsa_pool_min_idle=2, hamsa_pool_burst_calls=2)
+    # One socket per greeting (no playout lead split), so the pool's target is the reserve.
+    env = await make_env(hamsa_pool_min_idle=2, hamsa_pool_burst_calls=2, playout_lead_split=False)
     pool = env.service.pool
     await wait_for(lambda: pool.idle == 2)
     session = env.service.session("call-burst")

@@ -52,19 +52,25 @@ REFILL_HORIZON_FLOOR = 2.0  # seconds a refill takes at least (a connect is ~1.2
 class PoolSizer:
     """How many warm sockets to keep idle: sans-I/O (``now`` is passed in).
 
-    ``target(now) = max(min_idle, burst, ceil(rate * horizon))`` where ``burst`` is the
-    number of calls that may arrive at once and must each find a warm socket for their
-    greeting (``HAMSA_POOL_BURST_CALLS``, at most ``MAX_CALLS``), ``rate`` the warm-socket
-    acquisitions per second over the last :data:`ARRIVAL_WINDOW` seconds, and ``horizon``
-    how long a refill takes (twice the mean recent connect time, at least
+    ``target(now) = max(min_idle, burst * per_greeting, ceil(rate * horizon))`` where
+    ``burst`` is the number of calls that may arrive at once and must each find a warm
+    socket for their greeting (``HAMSA_POOL_BURST_CALLS``, at most ``MAX_CALLS``; those
+    ``burst`` sockets are the reserve a spare or second socket never takes),
+    ``per_greeting`` the sockets a greeting may use (2 with the playout lead split: the
+    lead and the rest of its first sentence, while more than the reserve are idle), ``rate``
+    the warm-socket acquisitions per second over the last :data:`ARRIVAL_WINDOW` seconds,
+    and ``horizon`` how long a refill takes (twice the mean recent connect time, at least
     :data:`REFILL_HORIZON_FLOOR`): a pool that many sockets deep is not drained before
     its refills land. ``cap`` bounds the target (twice ``MAX_CALLS``: two sockets per call).
     ``min_idle=0`` switches pooling off (target 0).
     """
 
-    def __init__(self, min_idle: int, burst: int = 0, cap: int = 1_000_000) -> None:
+    def __init__(
+        self, min_idle: int, burst: int = 0, cap: int = 1_000_000, per_greeting: int = 1
+    ) -> None:
         self.min_idle = min_idle
         self.burst = burst
+        self.per_greeting = per_greeting
         self.cap = max(cap, min_idle)
         self._arrivals: deque[float] = deque()
         self._connect_mean = 1.2
@@ -90,7 +96,7 @@ class PoolSizer:
         rate = len(self._arrivals) / ARRIVAL_WINDOW
         horizon = max(REFILL_HORIZON_FLOOR, 2.0 * self._connect_mean)
         by_rate = int(rate * horizon + 0.999)
-        return min(self.cap, max(self.min_idle, self.burst, by_rate))
+        return min(self.cap, max(self.min_idle, self.burst * self.per_greeting, by_rate))
 
 
 class HamsaPool:
@@ -114,11 +120,12 @@ class HamsaPool:
         rng: Callable[[], float] = random.random,
         burst: int = 0,
         cap: int = 1_000_000,
+        per_greeting: int = 1,
     ) -> None:
         self._connect = connect
         self._metrics = metrics
         self.min_idle = min_idle
-        self.sizer = PoolSizer(min_idle, burst, cap)
+        self.sizer = PoolSizer(min_idle, burst, cap, per_greeting)
         self._max_idle = max_idle
         self.max_age = max_age
         self._breaker_threshold = breaker_threshold

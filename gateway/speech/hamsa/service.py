@@ -111,6 +111,8 @@ class HamsaService:
             # A burst of this many calls each finds a warm socket for its greeting.
             burst=min(settings.hamsa_pool_burst_calls, settings.max_calls),
             cap=2 * settings.max_calls,
+            # The playout lead split (gateway/agent/playout.py) gives a greeting two streams.
+            per_greeting=2 if settings.playout_adaptive and settings.playout_lead_split else 1,
             max_age=settings.hamsa_pool_max_age,
             max_connecting=self._max_connecting,
             backoff=Backoff(initial=max(0.05, settings.hamsa_retry_delay / 2), maximum=30.0),

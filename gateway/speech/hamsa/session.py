@@ -21,10 +21,12 @@ Contract of :class:`HamsaSession`:
   reused.
 * Two :meth:`tts` streams may run at once (the next sentence synthesised while the current
   one is still streaming, ``gateway.agent.playout``): the second takes a warm socket from
-  the pool, since a socket carries one request at a time (§1.4). With none idle it waits for
-  the call's own socket instead (a connect, ~1.2 s, would take longer than the first stream
-  has left). A borrowed socket that ended cleanly becomes the call's TTS socket if that slot
-  is free, else it goes back to the pool: a call holds one idle TTS socket.
+  the pool, since a socket carries one request at a time (§1.4), while more than the burst
+  reserve (``HAMSA_POOL_BURST_CALLS``) are idle: the reserve is for new calls' greetings.
+  Otherwise it waits for the call's own socket instead (a connect, ~1.2 s, would take
+  longer than the first stream has left). A borrowed socket that ended cleanly becomes the
+  call's TTS socket if that slot is free, else it goes back to the pool: a call holds one
+  idle TTS socket.
 * :meth:`stt` sends one whole utterance as a 16 kHz WAV; markers such as ``[THINKING]`` are
   skipped; timeouts replace the socket.
 * Fatal errors (bad key, empty wallet) raise :class:`HamsaError` at once, never retried.
@@ -139,6 +141,8 @@ class HamsaSession:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.call_id = call_id
+        # Set by the voice agent while it speaks the greeting (see can_borrow).
+        self.keep_greeting_reserve = True
         self._pool = pool
         self._s = settings
         self._metrics = metrics
@@ -179,6 +183,18 @@ class HamsaSession:
         except HamsaError as exc:
             log.info("could not prepare the STT socket: %s", exc)
 
+    def can_borrow(self) -> bool:
+        """True if a second concurrent :meth:`tts` would get a warm pooled socket now.
+
+        While :attr:`keep_greeting_reserve` is set (the caller is speaking its greeting)
+        only beyond the burst reserve (``HAMSA_POOL_BURST_CALLS``), which is kept for the
+        greetings of calls arriving in the same burst; afterwards any idle socket will do.
+        """
+        reserve = self._pool.sizer.burst if self.keep_greeting_reserve else 0
+        if self._tts is None:
+            reserve += 1  # the first stream will take one from the pool too
+        return self._pool.idle > reserve
+
     async def _socket(self, which: str) -> HamsaConnection:
         async with self._locks[which]:
             return await self._take_socket(which)
@@ -187,9 +203,9 @@ class HamsaSession:
         held = self._tts if which == "tts" else self._stt
         if held is not None and held in self._tts_streaming:
             # Another sentence is streaming on the call's TTS socket: borrow a warm one,
-            # leaving the held socket alone; with none idle, wait for that stream to end
-            # (sooner than a connect).
-            if self._pool.idle:
+            # leaving the held socket alone, but only beyond the burst reserve; otherwise
+            # wait for that stream to end (sooner than a connect).
+            if self.can_borrow():
                 conn = await self._pool.acquire()
                 if conn.requests:
                     self._metrics.hamsa_connections.labels("reused").inc()
