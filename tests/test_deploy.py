@@ -203,7 +203,8 @@ async def test_an_idle_gateway_runs_far_fewer_tasks_than_the_leak_alert_threshol
 
     Hamsa runs in its own process here, as in production (the embedded simulator would add
     its own server tasks to the gateway's loop): what is left is the gateway's own tasks, a
-    few fixed ones plus one keep-alive per warm pool socket (HAMSA_POOL_BURST_CALLS of them).
+    few fixed ones plus one keep-alive per warm pool socket (the pool's target: the burst
+    reserve, twice it with the playout lead split).
     """
     rule = next(r for r in alert_rules() if r["alert"] == "GatewayAsyncioTasksWithoutCalls")
     threshold = int(re.search(r"\) > (\d+)", rule["expr"]).group(1))  # type: ignore[union-attr]

@@ -203,14 +203,19 @@ def test_the_shipped_clip_is_a_few_seconds_of_8khz_speech() -> None:
     )  # not silence
 
 
+async def take_speech_down(r: Rig) -> None:
+    """Every Hamsa request fails from now on: sockets, TTS, STT and the REST fallback."""
+    down = {"ws_down": True, "tts": ["error"] * 50, "stt": ["error"] * 50}
+    down["rest"] = ["error"] * 50
+    async with r.client.session.post(r.sim.make_url("/sim/faults"), json=down) as resp:
+        assert resp.status == 200
+
+
 async def test_speech_outage_plays_the_clip_then_hangs_up(rig: Any, tmp_path: Path) -> None:
     r: Rig = await rig(speech_outage_hangup_seconds=1.0, hamsa_retries=0)
     async with r.caller() as call:
         await wait_for(lambda: call.stats.marks_echoed >= 2)  # greeting heard: Hamsa healthy
-        down = {"ws_down": True, "tts": ["error"] * 50, "stt": ["error"] * 50}
-        down["rest"] = ["error"] * 50
-        async with r.client.session.post(r.sim.make_url("/sim/faults"), json=down) as resp:
-            assert resp.status == 200
+        await take_speech_down(r)
         before = call.stats.bytes_received
         talking = asyncio.create_task(call.play(utterance() * 20, realtime=True))
         try:
@@ -251,10 +256,7 @@ async def test_a_custom_fallback_text_is_rendered_and_played_in_an_outage(
     assert rendered_bytes > 1.5 * shipped_bytes  # so hearing it tells the clips apart
     async with r.caller() as call:
         await wait_for(lambda: call.stats.marks_echoed >= 2)  # greeting heard
-        down = {"ws_down": True, "tts": ["error"] * 50, "stt": ["error"] * 50}
-        down["rest"] = ["error"] * 50
-        async with r.client.session.post(r.sim.make_url("/sim/faults"), json=down) as resp:
-            assert resp.status == 200
+        await take_speech_down(r)
         before = call.stats.bytes_received
         talking = asyncio.create_task(call.play(utterance() * 20, realtime=True))
         try:
