@@ -13,12 +13,13 @@ Pieces (all sans-I/O except :func:`scheduled`; time is passed in as monotonic se
 * :class:`DeliveryModel`: what the provider's delivery looks like, learned from finished
   sentences, per process and per connection (a call's TTS socket): *rate* (seconds of audio
   delivered per second of wall time after the first chunk), *frame* size (seconds of audio in
-  a later chunk), *ms per character* (to predict a sentence's length from its text) and the
-  *first chunk* size. Predictions use conservative quantiles of the recent window (slow
-  rate, big frames, long sentences); a connection with a few sentences of its own uses its
-  own window, otherwise the process's, and for rate and frame size the more pessimistic of
-  the two (a handful of a call's own frames understates the big end); with no data at all,
-  priors from the observed Hamsa pattern.
+  a later chunk), a sentence's *length* from its text (a fixed part per request plus a part
+  per character: see :func:`fit_length`) and the *first chunk* size. Predictions use
+  conservative quantiles of the recent window (slow rate, big frames, long sentences); a
+  connection with a few sentences of its own uses its own window, otherwise the process's,
+  and for rate and frame size the more pessimistic of the two (a handful of a call's own
+  frames understates the big end); with no data at all, priors from the observed Hamsa
+  pattern.
 * :class:`SentencePlan`: one sentence's arrivals; :meth:`SentencePlan.required_start` is the
   earliest moment its playback may start so that every predicted later chunk arrives before
   it is needed (plus the safety margin).
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -53,9 +55,10 @@ if TYPE_CHECKING:  # the speech session imports this module (its delivery model)
 
 # Priors before anything was learned: the observed Hamsa pattern (issue 11), slightly
 # pessimistic, so the first sentences of a process are held rather than broken.
-PRIOR_RATE: Final = 3.0  # audio seconds per wall second after the first chunk
+PRIOR_RATE: Final = 2.0  # audio seconds per wall second after the first chunk (issue 11: "~2x")
 PRIOR_FRAME_SECONDS: Final = 2.0  # a full later chunk (big end)
 PRIOR_MS_PER_CHAR: Final = 80.0
+PRIOR_OVERHEAD_SECONDS: Final = 0.5  # leading/trailing silence of one request
 PROCESS_WINDOW: Final = 200  # sentences remembered per process
 CONNECTION_WINDOW: Final = 20  # sentences remembered per connection
 MIN_SAMPLES: Final = 5  # a window with fewer sentences defers to its parent (or the prior)
@@ -65,7 +68,19 @@ RATE_QUANTILE: Final = 0.25  # slow end of observed rates
 # the 75th percentile left ~1 in 10 long sentences with a dropout (issue 11 measurements), so
 # the plan holds for nearly the largest frame seen (PLAYOUT_SAFETY_MS covers the rest).
 FRAME_QUANTILE: Final = 0.95
-LENGTH_QUANTILE: Final = 0.5  # long end of observed ms per character
+# A sentence's length is predicted from its text by a line (fit_length) and a relative error:
+# the long end is line x (1 + error), the short end line x (1 - error). Lengths were once a
+# plain ms-per-character median: a synthesised sentence carries a fixed part (its silences)
+# that per-character rates hide, so short texts (a lead, "thank you") came out 30-65 % longer
+# than predicted, went out unheld and broke up (issue 11, observed-slow delivery: 48 % of
+# turns with an underrun). The error is the LENGTH_QUANTILE of the window's |actual / line - 1|,
+# at least MIN_LENGTH_ERROR: texts of one length vary by about that much (the simulator's
+# espeak-ng voice: +-20-30 % on 1-2 s texts), and a window of a few texts shows less.
+LENGTH_QUANTILE: Final = 0.9
+MIN_LENGTH_ERROR: Final = 0.25
+# Fewer characters of spread than this (standard deviation) and the window cannot tell the
+# fixed part from the per-character one: the length is then a per-character ratio.
+MIN_CHAR_SPREAD: Final = 3.0
 _MAX_PLANNED_FRAMES: Final = 64  # bound on the prediction loop (a 2000-char sentence)
 UNDERRUN_TOLERANCE: Final = 0.02  # s: one 20 ms frame of lateness is not heard as a gap
 # Chunks a prefetched sentence buffers before its reader stops reading the socket (Hamsa
@@ -96,7 +111,7 @@ def _quantile(values: deque[float], q: float) -> float:
 class _Window:
     rates: deque[float]
     frames: deque[float]
-    ms_per_char: deque[float]
+    lengths: deque[tuple[int, float]]  # (characters, seconds of audio) per sentence
     first: deque[float]
 
     @classmethod
@@ -110,7 +125,23 @@ class Delivery:
 
     rate: float  # audio seconds per wall second after the first chunk
     frame: float  # seconds of audio in a later chunk
-    ms_per_char: float
+    ms_per_char: float  # a sentence's length: (overhead + characters x ms_per_char) ...
+    overhead: float = 0.0  # seconds
+    error: float = 0.0  # ... x (1 +- error) at the long and the short end
+
+    def seconds(self, chars: int, end: float = 1.0) -> float:
+        """Predicted audio seconds of a sentence of ``chars`` characters: the long end
+        (``end=1``), the line (0) or the short end (-1)."""
+        line = self.overhead + chars * self.ms_per_char / 1000.0
+        return max(0.0, line * (1.0 + end * self.error))
+
+    def chars_for(self, seconds: float, end: float = 1.0) -> float:
+        """Characters a sentence needs for ``seconds`` of predicted audio at ``end`` (the
+        inverse of :meth:`seconds`; ``inf`` when the per-character part is zero)."""
+        if self.ms_per_char <= 0.0:
+            return float("inf")
+        line = seconds / max(1e-9, 1.0 + end * self.error)
+        return (line - self.overhead) * 1000.0 / self.ms_per_char
 
 
 class DeliveryModel:
@@ -136,7 +167,7 @@ class DeliveryModel:
             w.rates.append(plan.rate)
         w.frames.extend(plan.full_frames)
         if plan.chars > 0 and plan.received > 0.0:
-            w.ms_per_char.append(plan.received * 1000.0 / plan.chars)
+            w.lengths.append((plan.chars, plan.received))
         if plan.first_chunk > 0.0:
             w.first.append(plan.first_chunk)
         self.sentences += 1
@@ -151,8 +182,15 @@ class DeliveryModel:
         below the provider's (issue 11: the turns that still broke up had such holds)."""
         rate = self._pick("rates", RATE_QUANTILE, PRIOR_RATE, min)
         frame = self._pick("frames", FRAME_QUANTILE, PRIOR_FRAME_SECONDS, max)
-        mspc = self._pick("ms_per_char", LENGTH_QUANTILE, PRIOR_MS_PER_CHAR)
-        return Delivery(rate=rate, frame=frame, ms_per_char=mspc)
+        overhead, mspc, error = PRIOR_OVERHEAD_SECONDS, PRIOR_MS_PER_CHAR, MIN_LENGTH_ERROR
+        model: DeliveryModel | None = self
+        while model is not None:
+            if len(model._w.lengths) >= MIN_SAMPLES:
+                overhead, mspc, error = fit_length(model._w.lengths, LENGTH_QUANTILE)
+                error = max(MIN_LENGTH_ERROR, error)
+                break
+            model = model._parent
+        return Delivery(rate, frame, mspc, overhead, error)
 
     def _pick(
         self,
@@ -176,11 +214,41 @@ class DeliveryModel:
     def summary(self) -> dict[str, float]:
         """Medians of this window (for logs and benchmarks)."""
         out: dict[str, float] = {"sentences": float(self.sentences)}
-        for name in ("rates", "frames", "ms_per_char", "first"):
+        for name in ("rates", "frames", "first"):
             values: deque[float] = getattr(self._w, name)
             if values:
                 out[name] = round(_quantile(values, 0.5), 3)
+        if self._w.lengths:
+            overhead, mspc, error = fit_length(self._w.lengths, LENGTH_QUANTILE)
+            out["overhead"], out["ms_per_char"] = round(overhead, 3), round(mspc, 1)
+            out["length_error"] = round(error, 3)
         return out
+
+
+def fit_length(samples: deque[tuple[int, float]], q: float) -> tuple[float, float, float]:
+    """(overhead seconds, ms per character, error) predicting a sentence's audio length from
+    its character count: the least-squares line through (characters, seconds), and the ``q``
+    quantile of the relative misses ``|seconds / line - 1|``.
+
+    Synthesised speech has a part per request (leading and trailing silence, the sentence's
+    final lengthening) and a part per character; a ratio alone predicts short texts too
+    short. When the window's texts are too alike in length to separate the two
+    (``MIN_CHAR_SPREAD``), or the line does not rise, the line is the median
+    seconds-per-character ratio, with no overhead.
+    """
+    n = len(samples)
+    mean_chars = sum(c for c, _ in samples) / n
+    mean_seconds = sum(s for _, s in samples) / n
+    sxx = sum((c - mean_chars) ** 2 for c, _ in samples)
+    slope = 0.0
+    if sxx >= n * MIN_CHAR_SPREAD**2:
+        slope = sum((c - mean_chars) * (s - mean_seconds) for c, s in samples) / sxx
+    if slope > 0.0:
+        intercept = mean_seconds - slope * mean_chars
+    else:
+        intercept, slope = 0.0, _quantile(deque(s / c for c, s in samples), 0.5)
+    misses = deque(abs(s / max(1e-9, intercept + slope * c) - 1.0) for c, s in samples)
+    return intercept, slope * 1000.0, _quantile(misses, q)
 
 
 @dataclass(slots=True)
@@ -245,7 +313,7 @@ class SentencePlan:
         if self.ended:
             return float("-inf")
         d = self.delivery
-        remaining = self.chars * d.ms_per_char / 1000.0 - self.received
+        remaining = d.seconds(self.chars) - self.received
         worst = float("-inf")
         planned = 0.0
         for _ in range(_MAX_PLANNED_FRAMES):
@@ -294,6 +362,12 @@ class HoldResult:
     held: float = 0.0
 
 
+def _ended(plan: SentencePlan, learn: Callable[[SentencePlan], None] | None) -> None:
+    plan.ended = True
+    if learn is not None:
+        learn(plan)
+
+
 async def scheduled(
     chunks: AsyncIterator[TtsChunk],
     plan: SentencePlan,
@@ -301,13 +375,17 @@ async def scheduled(
     seconds_of: Callable[[TtsChunk], float],
     now: Callable[[], float],
     result: HoldResult | None = None,
+    learn: Callable[[SentencePlan], None] | None = None,
 ) -> AsyncIterator[TtsChunk]:
     """Yield ``chunks`` in order, holding the first ones until playback may start.
 
-    Every arrival is recorded in ``plan``. Before the first chunk is released, the stream is
-    held while ``plan.required_start()`` is later than both ``now`` and the end of what is
-    already playing (``clock.end``: the previous sentence covers the wait), or until the
-    stream ends. A new arrival during the hold re-plans at once. ``result.held`` gets the
+    Every arrival is recorded in ``plan``; when the stream ends normally, ``learn(plan)``
+    (e.g. :meth:`DeliveryModel.observe`) is called at once, before the audio has played
+    and even if the reply is then interrupted, so the model learns as early as it can.
+    Before the first chunk is released, the stream is held while ``plan.required_start()``
+    is later than both ``now`` and the end of what is already playing (``clock.end``: the
+    previous sentence covers the wait), or until the stream ends. A new arrival during the
+    hold re-plans at once. ``result.held`` gets the
     hold time. Closing the generator closes ``chunks``.
     """
     async with contextlib.aclosing(chunks) as source:  # type: ignore[type-var]
@@ -332,13 +410,13 @@ async def scheduled(
                     try:
                         chunk = nxt.result()
                     except StopAsyncIteration:
-                        plan.ended = True
+                        _ended(plan, learn)
                         break
                 else:
                     try:
                         chunk = await anext(iterator)
                     except StopAsyncIteration:
-                        plan.ended = True
+                        _ended(plan, learn)
                         return
                 plan.arrived(seconds_of(chunk), now())
                 pending.append(chunk)
@@ -355,7 +433,7 @@ async def scheduled(
                 try:
                     chunk = await waiting
                 except StopAsyncIteration:
-                    plan.ended = True
+                    _ended(plan, learn)
                     return
                 plan.arrived(seconds_of(chunk), now())
                 yield chunk
@@ -363,7 +441,7 @@ async def scheduled(
                 try:
                     chunk = await anext(iterator)
                 except StopAsyncIteration:
-                    plan.ended = True
+                    _ended(plan, learn)
                     return
                 plan.arrived(seconds_of(chunk), now())
                 yield chunk
@@ -414,18 +492,23 @@ class Prefetched(Generic[T]):
 
 
 def lead_split(text: str, delivery: Delivery, margin: float = 0.0) -> tuple[str, str] | None:
-    """``text`` cut into a lead and the rest: the lead long enough (predicted) to cover the
-    rest's second frame (``delivery``: frame / rate, less the rest's first frame, plus
+    """``text`` cut into a lead and the rest: the lead long enough (predicted, short end) to
+    cover the rest's second frame (``delivery``: frame / rate, less the rest's first frame, plus
     ``margin``; at least ``LEAD_SECONDS``), cut at a clause end within reach if there is one,
     else at the first word boundary; None when there is no such boundary before
     ``LEAD_MAX_SECONDS`` or the rest would be shorter than ``REST_SECONDS``."""
     text = text.strip()
-    ms_per_char = delivery.ms_per_char
-    if ms_per_char <= 0.0 or delivery.rate <= 0.0:
+    if delivery.ms_per_char <= 0.0 or delivery.rate <= 0.0:
         return None
-    needed = max(LEAD_SECONDS, delivery.frame / delivery.rate - REST_FIRST_SECONDS + margin)
-    shortest = max(1, int(needed * 1000.0 / ms_per_char + 0.999))
-    longest = int(LEAD_MAX_SECONDS * 1000.0 / ms_per_char)
+    cover = delivery.frame / delivery.rate - REST_FIRST_SECONDS + margin
+    # LEAD_SECONDS on the line; the rest's second frame covered even at the short end of the
+    # predicted length; at most LEAD_MAX_SECONDS on the line.
+    shortest = max(
+        1,
+        math.ceil(delivery.chars_for(LEAD_SECONDS, end=0.0)),
+        math.ceil(delivery.chars_for(cover, end=-1.0)),
+    )
+    longest = int(delivery.chars_for(LEAD_MAX_SECONDS, end=0.0))
     cut = -1
     for i in range(shortest, min(len(text), longest + 1)):
         if text[i].isspace():
@@ -437,7 +520,7 @@ def lead_split(text: str, delivery: Delivery, margin: float = 0.0) -> tuple[str,
     if cut < 0:
         return None
     lead, rest = text[:cut].rstrip(), text[cut:].strip()
-    if not lead or len(rest) * ms_per_char < REST_SECONDS * 1000.0:
+    if not lead or delivery.seconds(len(rest), end=0.0) < REST_SECONDS:
         return None
     return lead, rest
 

@@ -716,7 +716,15 @@ class VoiceAgentConversation:
         hold = HoldResult()
         if self._adaptive:
             plan = SentencePlan(len(text), self._delivery.predict(), self._safety)
-            stream = scheduled(stream, plan, self._playout, tts_seconds, time.monotonic, hold)
+            stream = scheduled(
+                stream,
+                plan,
+                self._playout,
+                tts_seconds,
+                time.monotonic,
+                hold,
+                self._delivery.observe,
+            )
         elif index == 0 and self._prebuffer > 0:
             # Nothing is playing yet: give the provider a moment to send its next chunk.
             stream = prebuffered(stream, self._prebuffer)
@@ -800,9 +808,6 @@ class VoiceAgentConversation:
                 clock.sent(len(tail) / bytes_per_ms / 1000.0, time.monotonic())
         if reply.cancelled:
             return
-        for part in synthesis.parts():
-            if part.plan is not None and part.plan.ended:
-                self._delivery.observe(part.plan)
         name = f"t{reply.turn}.s{index}"
         reply.sentences.append(SpokenSentence(name, text, audio_ms))
         self._mark_sent_at[name] = time.monotonic()

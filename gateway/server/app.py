@@ -68,7 +68,7 @@ def conversation_factory(app: web.Application) -> ConversationFactory:
             return ParrotConversation(session, delay)
 
         return parrot
-    delivery = DeliveryModel()  # what Hamsa's TTS delivery looks like, process-wide
+    delivery = app[keys.DELIVERY] = DeliveryModel()  # Hamsa's TTS delivery, process-wide
     fallback = app[keys.FALLBACK] = FallbackClip()
 
     def voice_agent(session: CallSession) -> Conversation:

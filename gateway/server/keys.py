@@ -7,6 +7,7 @@ from aiohttp import web
 
 from gateway.agent.brains import Brain
 from gateway.agent.fallback import FallbackClip
+from gateway.agent.playout import DeliveryModel
 from gateway.calls import CallRegistry
 from gateway.config import Settings
 from gateway.metrics import Metrics
@@ -25,5 +26,7 @@ CONVERSATIONS: web.AppKey[ConversationFactory] = web.AppKey("conversations")
 SPEECH = web.AppKey("speech", HamsaService)
 BRAIN: web.AppKey[Brain] = web.AppKey("brain")
 FALLBACK = web.AppKey("fallback_clip", FallbackClip)  # what plays when TTS fails
+# Hamsa TTS delivery learned by the playout scheduler, process-wide (voice agent modes only).
+DELIVERY = web.AppKey("tts_delivery", DeliveryModel)
 AUDIOSOCKET = web.AppKey("audiosocket", AudioSocketServer)  # only when AUDIOSOCKET_PORT is set
 BROWSER_TOKENS = web.AppKey("browser_tokens", TokenBook)  # only when BROWSER_PHONE=true

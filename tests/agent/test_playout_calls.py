@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.agent.playout import DeliveryModel, SentencePlan
 from gateway.config import AgentMode
 from gateway.server import keys
 from gateway.server.app import create_app
@@ -49,6 +50,26 @@ def observed_sim(**overrides: Any) -> Any:
     knobs.update(first_audio_delay=0.05, ms_per_char=70.0, seed=3)
     knobs.update(overrides)
     return fast_sim_config(**knobs)
+
+
+def warm(model: DeliveryModel, ms_per_char: float = 70.0) -> None:
+    """Teach ``model`` the observed pattern as a gateway that has been running would have
+    learned it from these tests' simulator: 0.5 s first frames, then 1-2 s frames at 3x real
+    time, ``ms_per_char`` of audio per character. A cold model assumes a slower provider
+    (``playout.PRIOR_RATE``, 2x) and holds more; these tests are about the learned case."""
+    for i in range(20):
+        chars = 10 + 10 * (i % 5)
+        length = chars * ms_per_char / 1000.0
+        plan = SentencePlan(chars, model.predict(), margin=0.0)
+        plan.arrived(min(0.5, length), 0.0)
+        at, received, frame = 0.0, 0.5, 1.0 + (i % 3) / 2.0
+        while received < length:
+            size = min(frame, length - received)
+            at += size / 3.0
+            plan.arrived(size, at)
+            received += size
+        plan.ended = True
+        model.observe(plan)
 
 
 def gaps(pcm: bytes) -> list[int]:
@@ -309,6 +330,7 @@ async def two_sentence_greeting(
         **overrides,
     )
     client: TestClient = await aiohttp_client(create_app(settings))
+    warm(client.app[keys.DELIVERY], ms_per_char=60.0)
     call = TwilioCaller(client.session, str(client.make_url("/twilio/media")))
     return call, server.app[SIM_STATE]
 

@@ -24,6 +24,7 @@ from tests.agent.test_playout_calls import (
     gaps,
     observed_sim,
     prefetch_readers,
+    warm,
 )
 from tests.agent.test_voice_calls import utterance, wait_for
 from tests.conftest import TIMEOUT
@@ -52,6 +53,7 @@ async def greeting(
     overrides.setdefault("hamsa_pool_min_idle", 3)
     settings = voice_settings(str(server.make_url("")), tmp_path, greeting_text=text, **overrides)
     client: TestClient = await aiohttp_client(create_app(settings))
+    warm(client.app[keys.DELIVERY])
     pool = client.app[keys.SPEECH].pool  # type: ignore[index]
     await wait_for(lambda: pool.idle >= 3)
     call = TwilioCaller(client.session, str(client.make_url("/twilio/media")))
