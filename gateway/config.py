@@ -174,6 +174,12 @@ ENV_VARS: tuple[tuple[str, str, str], ...] = (
         "sentence on two sockets at once, so its start is not held (a seam inside the sentence)",
     ),
     (
+        "PROMPT_CACHE_MB",
+        "16",
+        "memory for the audio of greetings and re-prompts, which then play without TTS "
+        "(no wait, no warm socket; replies are never cached); 0 = off",
+    ),
+    (
         "PLAYOUT_MAX_AHEAD_SECONDS",
         "10",
         "stop reading TTS while more than this much reply audio is queued ahead of playback",
@@ -312,6 +318,7 @@ class Settings:
     playout_safety_ms: int = 30
     playout_lead_split: bool = True
     playout_max_ahead_seconds: float = 10.0
+    prompt_cache_mb: float = 16.0
 
     hamsa_api_key: str = field(default="", repr=False)
     hamsa_base_url: str = "https://api.tryhamsa.com"
@@ -582,6 +589,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "playout_safety_ms": ("PLAYOUT_SAFETY_MS", _int(0, 2_000)),
     "playout_lead_split": ("PLAYOUT_LEAD_SPLIT", _bool),
     "playout_max_ahead_seconds": ("PLAYOUT_MAX_AHEAD_SECONDS", _float(1, 600)),
+    "prompt_cache_mb": ("PROMPT_CACHE_MB", _float(0, 1024)),
     "hamsa_api_key": ("HAMSA_API_KEY", _text),
     "hamsa_base_url": ("HAMSA_BASE_URL", _url(("https", "http"))),
     "hamsa_auth_mode": ("HAMSA_AUTH_MODE", _enum(HamsaAuthMode)),

@@ -183,6 +183,7 @@ TURN_OUTCOMES: tuple[str, ...] = (
     "agent_error",
     "tts_error",
 )
+PROMPT_CACHE_RESULTS: tuple[str, ...] = ("hit", "miss")  # agent/prompt_cache.py
 DROP_REASONS: tuple[str, ...] = (  # agent/voice.py bounds
     "dtmf_buffer_full",  # digits beyond MAX_DTMF_DIGITS in one open entry
     "job_queue_full",  # turns beyond MAX_QUEUED_JOBS waiting for the turn loop
@@ -338,6 +339,13 @@ class Metrics:
             ["transport"],
             registry=r,
         )
+        self.prompt_cache = Counter(
+            "gateway_prompt_cache_total",
+            "Greeting and re-prompt sentences played from the prompt cache (hit) or "
+            "synthesised (miss).",
+            ["result"],
+            registry=r,
+        )
         # --- hamsa
         self.hamsa_connections = Counter(
             "gateway_hamsa_connections_total",
@@ -434,6 +442,8 @@ class Metrics:
             self.turns.labels(outcome)
         for reason in DROP_REASONS:
             self.dropped_input.labels(reason)
+        for result in PROMPT_CACHE_RESULTS:
+            self.prompt_cache.labels(result)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record one stage latency; ``stage`` must be one of :data:`STAGES`."""

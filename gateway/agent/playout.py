@@ -538,6 +538,7 @@ class Synthesis:
     plan: SentencePlan | None = None
     hold: HoldResult = field(default_factory=HoldResult)
     rest: Synthesis | None = None
+    keep: bool = False  # a prompt: store its audio in the prompt cache once all sent
 
     def parts(self) -> list[Synthesis]:
         """This synthesis and its rest, in playing order."""

@@ -10,6 +10,8 @@ provider-neutral events of ``gateway.telephony.events``):
   agent's streamed reply cut into sentences as it arrives, each sentence synthesized at once and
   sent to the carrier. Audio is sent as fast as TTS yields it (the carrier buffers and plays in
   real time), so sentence N+1 is synthesized while sentence N plays: no dead air between them.
+  Greetings and re-prompts, alike on every call, play from the prompt cache once synthesised
+  (``gateway.agent.prompt_cache``).
 * **Marks**: a tiny mark after the first frame of each reply (its echo = the caller starts
   hearing it: *heard latency*) and one after each sentence (what was heard, for barge-in).
 * **Barge-in**: the turn task is cancelled (which aborts the TTS stream: the Hamsa session
@@ -29,7 +31,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from gateway.agent.audio_io import InboundConverter, OutboundConverter
 from gateway.agent.brains import Brain, Notifier
@@ -52,6 +54,7 @@ from gateway.agent.playout import (
     lead_split,
     scheduled,
 )
+from gateway.agent.prompt_cache import PromptCache
 from gateway.agent.record import CallRecord, TurnRecord, append_record
 from gateway.agent.sentences import SentenceSplitter
 from gateway.agent.vad import Vad
@@ -101,6 +104,8 @@ def tts_seconds(chunk: TtsChunk) -> float:
 
 
 JobKind = Literal["greeting", "utterance", "dtmf", "reprompt"]
+# Turns whose sentences are said on every call, alike: kept in the prompt cache.
+PROMPT_KINDS: Final = frozenset({"greeting", "reprompt"})
 
 
 @dataclass(slots=True)
@@ -215,6 +220,11 @@ async def prebuffered(chunks: AsyncIterator[TtsChunk], hold: float) -> AsyncIter
                     await following
 
 
+async def _replayed(chunks: tuple[TtsChunk, ...]) -> AsyncIterator[TtsChunk]:
+    for chunk in chunks:
+        yield chunk
+
+
 class VoiceAgentConversation:
     """Runs one call's conversation (see module docstring)."""
 
@@ -228,6 +238,7 @@ class VoiceAgentConversation:
         brain: Brain,
         delivery: DeliveryModel | None = None,
         fallback: FallbackClip | None = None,
+        prompts: PromptCache | None = None,
     ) -> None:
         self._session = session
         self._settings = settings
@@ -275,6 +286,8 @@ class VoiceAgentConversation:
         self._delivery = delivery if delivery is not None else DeliveryModel()
         # What plays when TTS fails (the shipped clip, or AGENT_FALLBACK_TEXT once rendered).
         self._fallback = fallback if fallback is not None else FallbackClip()
+        # Greetings and re-prompts already synthesised (gateway/agent/prompt_cache.py).
+        self._prompts = prompts if prompts is not None else PromptCache(0)
         self._adaptive = settings.playout_adaptive
         self._safety = settings.playout_safety_ms / 1000.0
         self._lead_split = settings.playout_adaptive and settings.playout_lead_split
@@ -694,6 +707,27 @@ class VoiceAgentConversation:
         reply's first sentence as a lead and the rest with ``PLAYOUT_LEAD_SPLIT``."""
         reply = self._reply
         greeting = reply is None or reply.record.kind == "greeting"
+        prompt = reply is not None and reply.record.kind in PROMPT_KINDS and self._prompts.enabled
+        if prompt:
+            cached = self._prompts.get(text, self._use_mulaw)
+            self._metrics.prompt_cache.labels("miss" if cached is None else "hit").inc()
+            if cached is not None:
+                return self._replay(text, cached, live)
+        synthesis = self._synthesize_new(text, index, live, greeting)
+        synthesis.keep = prompt
+        return synthesis
+
+    def _replay(
+        self, text: str, chunks: tuple[TtsChunk, ...], live: list[Prefetched[TtsChunk]]
+    ) -> Synthesis:
+        """A cached prompt's audio as a synthesis: all of it in hand, nothing to hold for."""
+        audio = Prefetched(_replayed(chunks))
+        live.append(audio)
+        return Synthesis(text, time.monotonic(), audio)
+
+    def _synthesize_new(
+        self, text: str, index: int, live: list[Prefetched[TtsChunk]], greeting: bool
+    ) -> Synthesis:
         self._speech.keep_greeting_reserve = greeting
         if self._lead_split and index == 0 and self._speech.can_borrow():
             # (No warm socket to spare, e.g. a greeting in a burst of new calls: the rest
@@ -765,10 +799,13 @@ class VoiceAgentConversation:
         bytes_per_ms = self._format.bytes_per_ms()
         stream = synthesis.items()
         first_chunk = True  # (a gap at a lead split's seam is inside the sentence)
+        kept: list[TtsChunk] | None = [] if synthesis.keep else None
         async with contextlib.aclosing(stream):  # type: ignore[type-var]
             async for chunk in stream:
                 if reply.cancelled:
                     return
+                if kept is not None:
+                    kept.append(chunk)
                 now = time.monotonic()
                 if chunk.format == self._format:
                     audio = chunk.audio  # e.g. μ-law TTS on a μ-law call: no transcoding
@@ -808,6 +845,8 @@ class VoiceAgentConversation:
                 clock.sent(len(tail) / bytes_per_ms / 1000.0, time.monotonic())
         if reply.cancelled:
             return
+        if kept:  # the whole sentence arrived and was sent: the next call replays it
+            self._prompts.put(text, self._use_mulaw, kept)
         name = f"t{reply.turn}.s{index}"
         reply.sentences.append(SpokenSentence(name, text, audio_ms))
         self._mark_sent_at[name] = time.monotonic()

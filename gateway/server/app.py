@@ -19,6 +19,7 @@ from gateway.agent.brains import make_brain
 from gateway.agent.fallback import SHIPPED_TEXT, FallbackClip, keep_rendering
 from gateway.agent.parrot import ParrotConversation
 from gateway.agent.playout import DeliveryModel
+from gateway.agent.prompt_cache import PromptCache, prerender
 from gateway.agent.voice import VoiceAgentConversation
 from gateway.calls import CallRegistry, CallSession, Conversation
 from gateway.config import AgentMode, Settings
@@ -70,6 +71,7 @@ def conversation_factory(app: web.Application) -> ConversationFactory:
         return parrot
     delivery = app[keys.DELIVERY] = DeliveryModel()  # Hamsa's TTS delivery, process-wide
     fallback = app[keys.FALLBACK] = FallbackClip()
+    prompts = app[keys.PROMPTS] = PromptCache(int(settings.prompt_cache_mb * 1024 * 1024))
 
     def voice_agent(session: CallSession) -> Conversation:
         return VoiceAgentConversation(
@@ -80,6 +82,7 @@ def conversation_factory(app: web.Application) -> ConversationFactory:
             brain=app[keys.BRAIN],
             delivery=delivery.connection(),
             fallback=fallback,
+            prompts=prompts,
         )
 
     return voice_agent
@@ -117,6 +120,16 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
             render = asyncio.create_task(
                 keep_rendering(app[keys.FALLBACK], renderer.tts, text), name="fallback-render"
             )
+        prompts = app.get(keys.PROMPTS)
+        fixed = [t for t in (settings.greeting_text, settings.reprompt_text) if t]
+        warm: asyncio.Task[None] | None = None
+        if prompts is not None and prompts.enabled and fixed:
+            # Fixed prompts are synthesised now, so the first calls play them at once too.
+            prompter = service.session("prompt-render")
+            encodings = [False, True] if settings.hamsa_tts_mulaw else [False]
+            warm = asyncio.create_task(
+                prerender(prompts, prompter.tts, fixed, encodings), name="prompt-render"
+            )
         try:
             yield
         finally:
@@ -125,6 +138,10 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
                 render.cancel()
                 await asyncio.gather(render, return_exceptions=True)
                 await renderer.aclose()
+            if warm is not None:
+                warm.cancel()
+                await asyncio.gather(warm, return_exceptions=True)
+                await prompter.aclose()
 
 
 async def _embedded_simulator() -> tuple[str, Callable[[], Awaitable[None]]]:

@@ -8,6 +8,7 @@ from aiohttp import web
 from gateway.agent.brains import Brain
 from gateway.agent.fallback import FallbackClip
 from gateway.agent.playout import DeliveryModel
+from gateway.agent.prompt_cache import PromptCache
 from gateway.calls import CallRegistry
 from gateway.config import Settings
 from gateway.metrics import Metrics
@@ -28,5 +29,6 @@ BRAIN: web.AppKey[Brain] = web.AppKey("brain")
 FALLBACK = web.AppKey("fallback_clip", FallbackClip)  # what plays when TTS fails
 # Hamsa TTS delivery learned by the playout scheduler, process-wide (voice agent modes only).
 DELIVERY = web.AppKey("tts_delivery", DeliveryModel)
+PROMPTS = web.AppKey("prompt_cache", PromptCache)  # greetings, re-prompts (voice agent modes)
 AUDIOSOCKET = web.AppKey("audiosocket", AudioSocketServer)  # only when AUDIOSOCKET_PORT is set
 BROWSER_TOKENS = web.AppKey("browser_tokens", TokenBook)  # only when BROWSER_PHONE=true

@@ -325,6 +325,7 @@ async def two_sentence_greeting(
         str(server.make_url("")),
         tmp_path,
         greeting_text="",  # the greeting is the agent's reply to call.started
+        prompt_cache_mb=0,  # synthesised, not replayed: the TTS path is what is tested
         agent=AgentMode.WEBHOOK,
         agent_webhook_url=str(agent.make_url("/webhook/agent")),
         **overrides,

@@ -51,6 +51,8 @@ async def greeting(
     # lead and its rest).
     overrides.setdefault("hamsa_pool_burst_calls", 0)
     overrides.setdefault("hamsa_pool_min_idle", 3)
+    # Synthesised, not replayed from the prompt cache: the TTS path is what is tested.
+    overrides.setdefault("prompt_cache_mb", 0)
     settings = voice_settings(str(server.make_url("")), tmp_path, greeting_text=text, **overrides)
     client: TestClient = await aiohttp_client(create_app(settings))
     warm(client.app[keys.DELIVERY])
