@@ -125,10 +125,9 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
         warm: asyncio.Task[None] | None = None
         if prompts is not None and prompts.enabled and fixed:
             # Fixed prompts are synthesised now, so the first calls play them at once too.
-            prompter = service.session("prompt-render")
             encodings = [False, True] if settings.hamsa_tts_mulaw else [False]
             warm = asyncio.create_task(
-                prerender(prompts, prompter.tts, fixed, encodings), name="prompt-render"
+                _prerender(service, prompts, fixed, encodings), name="prompt-render"
             )
         try:
             yield
@@ -141,7 +140,18 @@ async def _speech(app: web.Application) -> AsyncIterator[None]:
             if warm is not None:
                 warm.cancel()
                 await asyncio.gather(warm, return_exceptions=True)
-                await prompter.aclose()
+
+
+async def _prerender(
+    service: HamsaService, prompts: PromptCache, texts: list[str], encodings: list[bool]
+) -> None:
+    """Synthesise the fixed prompts into the cache on a session of their own, closed once
+    done (its socket is not kept for nothing)."""
+    session = service.session("prompt-render")
+    try:
+        await prerender(prompts, session.tts, texts, encodings)
+    finally:
+        await session.aclose()
 
 
 async def _embedded_simulator() -> tuple[str, Callable[[], Awaitable[None]]]:
