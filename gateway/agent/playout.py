@@ -77,6 +77,7 @@ FRAME_QUANTILE: Final = 0.95
 # at least MIN_LENGTH_ERROR: texts of one length vary by about that much (the simulator's
 # espeak-ng voice: +-20-30 % on 1-2 s texts), and a window of a few texts shows less.
 LENGTH_QUANTILE: Final = 0.9
+FIRST_QUANTILE: Final = 0.1  # small end of observed first chunks
 MIN_LENGTH_ERROR: Final = 0.25
 # Fewer characters of spread than this (standard deviation) and the window cannot tell the
 # fixed part from the per-character one: the length is then a per-character ratio.
@@ -89,8 +90,9 @@ UNDERRUN_TOLERANCE: Final = 0.02  # s: one 20 ms frame of lateness is not heard 
 PREFETCH_CHUNKS: Final = 8
 # Lead split (PLAYOUT_LEAD_SPLIT): the lead is cut at the first word boundary after at least
 # LEAD_SECONDS of predicted audio, more if the rest's second frame could land later than the
-# lead and the rest's first frame (at least REST_FIRST_SECONDS, hamsa.md §1.4: 0.23 s) take to
-# play (a big frame at a slow rate), and only when the rest is predicted at least REST_SECONDS
+# lead and the rest's first frame (the learned small end; before anything was learned
+# REST_FIRST_SECONDS, hamsa.md §1.4: 0.23 s) take to play (a big frame at a slow rate; longer
+# when the rest must wait for the lead's socket), and only when the rest is at least REST_SECONDS
 # (a shorter sentence is not held anyway). A lead whose first word boundary is beyond
 # LEAD_MAX_SECONDS would itself be long enough to be held: no split.
 LEAD_SECONDS: Final = 0.6
@@ -128,6 +130,7 @@ class Delivery:
     ms_per_char: float  # a sentence's length: (overhead + characters x ms_per_char) ...
     overhead: float = 0.0  # seconds
     error: float = 0.0  # ... x (1 +- error) at the long and the short end
+    first: float = 0.23  # seconds of audio in a first chunk (small end; hamsa.md §1.4)
 
     def seconds(self, chars: int, end: float = 1.0) -> float:
         """Predicted audio seconds of a sentence of ``chars`` characters: the long end
@@ -190,7 +193,8 @@ class DeliveryModel:
                 error = max(MIN_LENGTH_ERROR, error)
                 break
             model = model._parent
-        return Delivery(rate, frame, mspc, overhead, error)
+        first = self._pick("first", FIRST_QUANTILE, REST_FIRST_SECONDS, min)
+        return Delivery(rate, frame, mspc, overhead, error, first)
 
     def _pick(
         self,
@@ -491,16 +495,32 @@ class Prefetched(Generic[T]):
         await asyncio.wait({self._task})
 
 
-def lead_split(text: str, delivery: Delivery, margin: float = 0.0) -> tuple[str, str] | None:
-    """``text`` cut into a lead and the rest: the lead long enough (predicted, short end) to
-    cover the rest's second frame (``delivery``: frame / rate, less the rest's first frame, plus
-    ``margin``; at least ``LEAD_SECONDS``), cut at a clause end within reach if there is one,
-    else at the first word boundary; None when there is no such boundary before
-    ``LEAD_MAX_SECONDS`` or the rest would be shorter than ``REST_SECONDS``."""
+def lead_split(
+    text: str, delivery: Delivery, margin: float = 0.0, *, queued: float | None = None
+) -> tuple[str, str] | None:
+    """``text`` cut into a lead and the rest, the lead long enough (predicted, short end) for
+    the rest's second frame to land before the lead and the rest's first frame have played;
+    at least ``LEAD_SECONDS`` (on the predicted line); cut at a clause end within reach if
+    there is one, else at the first word boundary. None when there is no such boundary
+    before ``LEAD_MAX_SECONDS`` or the rest would be shorter than ``REST_SECONDS``.
+
+    The rest is synthesised at the same time as the lead (on a second socket), or with
+    ``queued`` (seconds from a request to its first audio) after it on the same socket: its
+    request then goes out once the lead's stream has ended, so the lead must also cover the
+    lead's own delivery and that wait: ``L (1 - 1/rate) >= queued + (frame - first) / rate -
+    first + margin`` (first frames at their small end), longer at slow rates, impossible at
+    or below real time.
+    """
     text = text.strip()
     if delivery.ms_per_char <= 0.0 or delivery.rate <= 0.0:
         return None
-    cover = delivery.frame / delivery.rate - REST_FIRST_SECONDS + margin
+    rate, first = delivery.rate, delivery.first
+    if queued is None:
+        cover = delivery.frame / rate - first + margin
+    elif rate <= 1.0:
+        return None
+    else:
+        cover = (queued + (delivery.frame - first) / rate - first + margin) / (1.0 - 1.0 / rate)
     # LEAD_SECONDS on the line; the rest's second frame covered even at the short end of the
     # predicted length; at most LEAD_MAX_SECONDS on the line.
     shortest = max(

@@ -104,6 +104,9 @@ def tts_seconds(chunk: TtsChunk) -> float:
 
 
 JobKind = Literal["greeting", "utterance", "dtmf", "reprompt"]
+# Slow end of TTS first-audio times: how long the rest of a lead split waits after the lead
+# when both go on one socket (gateway.agent.playout.lead_split).
+FIRST_AUDIO_QUANTILE: Final = 0.9
 # Turns whose sentences are said on every call, alike: kept in the prompt cache.
 PROMPT_KINDS: Final = frozenset({"greeting", "reprompt"})
 
@@ -729,12 +732,22 @@ class VoiceAgentConversation:
         self, text: str, index: int, live: list[Prefetched[TtsChunk]], greeting: bool
     ) -> Synthesis:
         self._speech.keep_greeting_reserve = greeting
-        if self._lead_split and index == 0 and self._speech.can_borrow():
-            # (No warm socket to spare, e.g. a greeting in a burst of new calls: the rest
-            # would wait for the lead's socket, and other new calls' greetings need them.)
-            split = lead_split(text, self._delivery.predict(), self._safety)
+        if self._lead_split and index == 0:
+            delivery = self._delivery.predict()
+            if self._speech.can_borrow():
+                split = lead_split(text, delivery, self._safety)
+            else:
+                # No warm socket to spare (a burst of new calls: the reserve is for their
+                # greetings; or a drained pool): the rest goes on the lead's socket after
+                # it, so the lead must also cover its own delivery and the rest's first
+                # audio (slow end of what requests take).
+                queued = self._speech.first_audio.quantile(FIRST_AUDIO_QUANTILE)
+                split = None
+                if queued is not None:
+                    split = lead_split(text, delivery, self._safety, queued=queued)
             if split is not None:
-                # The lead first: it takes the call's own socket, the rest a warm pooled one.
+                # The lead first: it takes the call's own socket, the rest a warm pooled one
+                # (or the call's, after the lead).
                 lead = self._synthesize_part(split[0], index, live)
                 lead.rest = self._synthesize_part(split[1], index, live)
                 lead.text = text

@@ -57,6 +57,7 @@ def test_model_learns_rate_frame_and_length_per_connection_and_process() -> None
     learned = conn.predict()
     assert abs(learned.rate - 10.0) < 1e-9
     assert learned.frame == 1.0  # the full frame; the (bigger) last chunk is not one
+    assert learned.first == 0.5  # first chunks (small end)
     assert abs(learned.ms_per_char - 150.0) < 1e-9
     assert process.predict() == learned  # the process learned too
     other = process.connection()
@@ -305,3 +306,19 @@ async def test_scheduled_teaches_the_model_when_the_stream_ends_not_when_it_is_c
     await anext(closed)
     await closed.aclose()  # type: ignore[attr-defined]  # barge-in: the sentence's audio is incomplete, nothing learned
     assert learned == [done]
+
+
+def test_a_rest_queued_behind_its_lead_needs_a_lead_covering_the_wait() -> None:
+    """On one socket the rest's request goes out when the lead's stream ends: the lead must
+    cover its own delivery and the rest's first audio too, L (1 - 1/rate) >= queued +
+    (frame - first) / rate - first."""
+    fast = Delivery(rate=3.0, frame=2.0, ms_per_char=100.0, first=0.5)
+    text = "abcdef gh ijklmnopqrstuv"
+    # queued 0.3 s: 0.45 s of lead, LEAD_SECONDS (0.6) is the floor.
+    assert lead_split(text, fast, queued=0.3) == ("abcdef", "gh ijklmnopqrstuv")
+    # queued 0.6 s: 0.9 s of lead.
+    assert lead_split(text, fast, queued=0.6) == ("abcdef gh", "ijklmnopqrstuv")
+    # queued 1.0 s: 1.5 s, beyond LEAD_MAX_SECONDS: the sentence stays whole (it is held).
+    assert lead_split(text, fast, queued=1.0) is None
+    # At real time the rest never catches up with a queued request.
+    assert lead_split(text, Delivery(1.0, 2.0, 100.0, first=0.5), queued=0.1) is None

@@ -57,7 +57,7 @@ async def greeting(
     client: TestClient = await aiohttp_client(create_app(settings))
     warm(client.app[keys.DELIVERY])
     pool = client.app[keys.SPEECH].pool  # type: ignore[index]
-    await wait_for(lambda: pool.idle >= 3)
+    await wait_for(lambda: pool.idle >= settings.hamsa_pool_min_idle)
     call = TwilioCaller(client.session, str(client.make_url("/twilio/media")))
     return call, client, server.app[SIM_STATE]
 
@@ -92,6 +92,36 @@ async def test_long_first_sentence_starts_without_a_hold_and_plays_without_a_gap
     # One sentence: its mark once, after all its audio; no second sentence.
     sentence_marks = {m for m in marks if ".s" in m}
     assert len(sentence_marks) == 1 and next(iter(sentence_marks)).endswith(".s0")
+
+
+async def test_with_no_socket_to_spare_the_rest_follows_the_lead_on_its_socket(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """A drained pool (a ramp of new calls): the rest is requested on the lead's socket once
+    the lead's stream ends. Requests start speaking 0.28 s after they are sent (learned), so
+    a 0.63 s lead still covers the rest's first and second frames: no hold, no gap."""
+    call, client, sim = await greeting(
+        aiohttp_client,
+        aiohttp_server,
+        tmp_path,
+        SENTENCE,
+        playout_lead_split=True,
+        hamsa_pool_min_idle=2,  # one for STT, one for the greeting: none to spare
+    )
+    speech = client.app[keys.SPEECH]  # type: ignore[index]
+    for _ in range(5):
+        speech.first_audio.record(0.28)  # as the process has measured it
+    connections = sim.stats["ws_connections"]
+    async with call:
+        assert await call.wait_reply_played(0.0, TIMEOUT, quiet=1.0)
+        heard = ulaw_to_pcm16(call.heard_audio())
+    assert sim.stats["tts_requests"] == 2  # the lead and the rest
+    assert hold_of_first_sentence(client) < ONE_FRAME
+    assert len(heard) >= int(3.15 * 16000)
+    assert gaps(heard) == []
+    assert call.underruns_mid_sentence == 0
+    # Both went out before any refill connected (a connect takes 1.2 s): one socket.
+    assert sim.stats["ws_connections"] - connections <= 2
 
 
 async def test_without_the_split_the_same_sentence_is_held(

@@ -87,3 +87,22 @@ async def test_cancelling_one_of_two_streams_leaves_the_other_intact(make_env: M
     assert await speak(session, TEXT2) == synthetic_speech(TEXT2)
     await session.aclose()
     await wait_for(lambda: env.sim.snapshot()["ws_open"] == pool.idle)
+
+
+async def test_first_audio_times_leave_out_the_wait_for_the_socket(make_env: MakeEnv) -> None:
+    """The second stream waits ~1 s for the call's socket; the time recorded for it is from
+    its request on that socket to its first audio (the simulator's first-audio delay), which
+    is what the lead split needs to know of a request queued behind another."""
+    sim = replace(SLOW_SIM, first_audio_delay=0.2)
+    env = await make_env(sim, **SLOW_TIMEOUTS)  # no warm pool: the second stream waits
+    session = env.service.session("call-first-audio")
+    first, second, _ = await overlapping(env, session)
+    await first
+    await second
+    times = env.service.first_audio
+    assert session.first_audio is times  # one window for the whole process
+    assert times.quantile(0.0, min_samples=2) is not None
+    slowest = times.quantile(1.0, min_samples=2)
+    assert slowest is not None and 0.2 <= slowest < 0.6  # the ~1 s wait is not in it
+    assert times.quantile(0.5, min_samples=3) is None  # two samples only
+    await session.aclose()

@@ -31,7 +31,7 @@ from gateway.metrics import Metrics
 from gateway.speech.hamsa.client import Backoff, Endpoint, HamsaConnection
 from gateway.speech.hamsa.pool import HamsaPool
 from gateway.speech.hamsa.rest import HamsaRest
-from gateway.speech.hamsa.session import FallbackGate, HamsaSession
+from gateway.speech.hamsa.session import FallbackGate, FirstAudioTimes, HamsaSession
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class HamsaService:
         self._rng = rng
         self._clock = clock
         self.gate = FallbackGate(settings.hamsa_rest_fallback_after, probe_interval, clock)
+        self.first_audio = FirstAudioTimes()  # TTS request -> first audio, all sessions
         self._stop_simulator: Callable[[], Awaitable[None]] | None = None
         self._pool: HamsaPool | None = None
         self._rest: HamsaRest | None = None
@@ -173,6 +174,7 @@ class HamsaService:
             self._metrics,
             self.gate,
             self._rest,
+            first_audio=self.first_audio,
             sleep=self._sleep,
             rng=self._rng,
             clock=self._clock,

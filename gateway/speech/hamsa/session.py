@@ -41,6 +41,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -109,6 +110,25 @@ class FallbackGate:
         self.failures = 0
 
 
+class FirstAudioTimes:
+    """Recent seconds from a TTS request sent on a socket to its first audio, process-wide
+    (the wait for a socket left out): how long a request queued behind another on the same
+    socket will take to start speaking (the playout lead split asks, issue 11)."""
+
+    def __init__(self, size: int = 200) -> None:
+        self._times: deque[float] = deque(maxlen=size)
+
+    def record(self, seconds: float) -> None:
+        self._times.append(seconds)
+
+    def quantile(self, q: float, min_samples: int = 5) -> float | None:
+        """The ``q`` quantile of the recent times; None with fewer than ``min_samples``."""
+        if len(self._times) < min_samples:
+            return None
+        ordered = sorted(self._times)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def split_text(text: str, limit: int = MAX_TTS_CHARS) -> list[str]:
     """Split ``text`` into pieces of at most ``limit`` characters at whitespace (§1.4)."""
     text = text.strip()
@@ -136,6 +156,7 @@ class HamsaSession:
         gate: FallbackGate,
         rest: HamsaRest | None = None,
         *,
+        first_audio: FirstAudioTimes | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
@@ -148,6 +169,7 @@ class HamsaSession:
         self._metrics = metrics
         self._gate = gate
         self._rest = rest
+        self.first_audio = first_audio if first_audio is not None else FirstAudioTimes()
         self._sleep = sleep
         self._rng = rng
         self._clock = clock
@@ -383,11 +405,16 @@ class HamsaSession:
                 mulaw=mulaw,
             )
             timeout = self._s.hamsa_tts_first_audio_timeout
+            sent = self._clock()
+            first = True
             while True:
                 audio = await conn.next_audio(timeout)
                 if audio is None:
                     done = True
                     return
+                if first:
+                    first = False
+                    self.first_audio.record(self._clock() - sent)
                 timeout = self._s.hamsa_tts_gap_timeout
                 yield audio
         finally:
