@@ -731,10 +731,9 @@ class VoiceAgentConversation:
     def _synthesize_new(
         self, text: str, index: int, live: list[Prefetched[TtsChunk]], greeting: bool
     ) -> Synthesis:
-        self._speech.keep_greeting_reserve = greeting
         if self._lead_split and index == 0:
             delivery = self._delivery.predict()
-            if self._speech.can_borrow():
+            if self._speech.can_borrow(greeting):
                 split = lead_split(text, delivery, self._safety)
             else:
                 # No warm socket to spare (a burst of new calls: the reserve is for their
@@ -748,17 +747,18 @@ class VoiceAgentConversation:
             if split is not None:
                 # The lead first: it takes the call's own socket, the rest a warm pooled one
                 # (or the call's, after the lead).
-                lead = self._synthesize_part(split[0], index, live)
-                lead.rest = self._synthesize_part(split[1], index, live)
+                lead = self._synthesize_part(split[0], index, live, greeting)
+                lead.rest = self._synthesize_part(split[1], index, live, greeting)
                 lead.text = text
                 return lead
-        return self._synthesize_part(text, index, live)
+        return self._synthesize_part(text, index, live, greeting)
 
     def _synthesize_part(
-        self, text: str, index: int, live: list[Prefetched[TtsChunk]]
+        self, text: str, index: int, live: list[Prefetched[TtsChunk]], greeting: bool
     ) -> Synthesis:
         started = time.monotonic()
-        stream: AsyncIterator[TtsChunk] = self._speech.tts(text, mulaw=self._use_mulaw)
+        speech = self._speech.tts(text, mulaw=self._use_mulaw, greeting=greeting)
+        stream: AsyncIterator[TtsChunk] = speech
         plan: SentencePlan | None = None
         hold = HoldResult()
         if self._adaptive:

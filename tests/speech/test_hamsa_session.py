@@ -471,13 +471,12 @@ async def test_with_the_lead_split_a_burst_reserve_holds_two_sockets_per_greetin
     pool = env.service.pool
     await wait_for(lambda: pool.idle == 4)
     session = env.service.session("call-split")
-    assert session.keep_greeting_reserve and session.can_borrow()  # 4 idle > 2 reserved
-    async with aclosing(session.tts(TEXT)) as first:
+    assert session.can_borrow(greeting=True)  # 4 idle > 2 reserved (+1 for the first stream)
+    async with aclosing(session.tts(TEXT, greeting=True)) as first:
         assert (await anext(first)).audio  # the call's own socket: 3 idle
         taken = pool.idle
-        assert session.can_borrow() == (taken > 2)
-        session.keep_greeting_reserve = False  # after the greeting: any idle socket
-        assert session.can_borrow() == (taken > 0)
+        assert session.can_borrow(greeting=True) == (taken > 2)
+        assert session.can_borrow() == (taken > 0)  # not a greeting: any idle socket
         async for _ in first:
             pass
     await session.aclose()

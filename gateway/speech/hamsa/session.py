@@ -162,8 +162,6 @@ class HamsaSession:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.call_id = call_id
-        # Set by the voice agent while it speaks the greeting (see can_borrow).
-        self.keep_greeting_reserve = True
         self._pool = pool
         self._s = settings
         self._metrics = metrics
@@ -205,29 +203,29 @@ class HamsaSession:
         except HamsaError as exc:
             log.info("could not prepare the STT socket: %s", exc)
 
-    def can_borrow(self) -> bool:
+    def can_borrow(self, greeting: bool = False) -> bool:
         """True if a second concurrent :meth:`tts` would get a warm pooled socket now.
 
-        While :attr:`keep_greeting_reserve` is set (the caller is speaking its greeting)
-        only beyond the burst reserve (``HAMSA_POOL_BURST_CALLS``), which is kept for the
-        greetings of calls arriving in the same burst; afterwards any idle socket will do.
+        For a ``greeting`` only beyond the burst reserve (``HAMSA_POOL_BURST_CALLS``), which
+        is kept for the greetings of calls arriving in the same burst; for anything else any
+        idle socket will do.
         """
-        reserve = self._pool.sizer.burst if self.keep_greeting_reserve else 0
+        reserve = self._pool.sizer.burst if greeting else 0
         if self._tts is None:
             reserve += 1  # the first stream will take one from the pool too
         return self._pool.idle > reserve
 
-    async def _socket(self, which: str) -> HamsaConnection:
+    async def _socket(self, which: str, greeting: bool = False) -> HamsaConnection:
         async with self._locks[which]:
-            return await self._take_socket(which)
+            return await self._take_socket(which, greeting)
 
-    async def _take_socket(self, which: str) -> HamsaConnection:
+    async def _take_socket(self, which: str, greeting: bool = False) -> HamsaConnection:
         held = self._tts if which == "tts" else self._stt
         if held is not None and held in self._tts_streaming:
             # Another sentence is streaming on the call's TTS socket: borrow a warm one,
-            # leaving the held socket alone, but only beyond the burst reserve; otherwise
-            # wait for that stream to end (sooner than a connect).
-            if self.can_borrow():
+            # leaving the held socket alone (for a greeting only beyond the burst reserve);
+            # otherwise wait for that stream to end (sooner than a connect).
+            if self.can_borrow(greeting):
                 conn = await self._pool.acquire()
                 if conn.requests:
                     self._metrics.hamsa_connections.labels("reused").inc()
@@ -308,8 +306,13 @@ class HamsaSession:
         await self._sleep(self._retry.delay(attempt - 1, self._rng))
 
     # -- TTS
-    async def tts(self, text: str, *, mulaw: bool = False) -> AsyncGenerator[TtsChunk, None]:
+    async def tts(
+        self, text: str, *, mulaw: bool = False, greeting: bool = False
+    ) -> AsyncGenerator[TtsChunk, None]:
         """Speak ``text``: yields audio chunks as they arrive (see the module contract).
+
+        ``greeting``: part of a call's greeting, which borrows a second socket only beyond
+        the burst reserve (:meth:`can_borrow`).
 
         Raises :class:`HamsaError` when every attempt failed, or at once when fatal.
         Use with ``contextlib.aclosing`` or cancel the task to stop early (barge-in).
@@ -320,7 +323,7 @@ class HamsaSession:
         started = self._clock()
         first = True
         for part in split_text(text):
-            async with aclosing(self._tts_part(part, mulaw)) as audio_parts:
+            async with aclosing(self._tts_part(part, mulaw, greeting)) as audio_parts:
                 async for audio in audio_parts:
                     if first:
                         first = False
@@ -328,7 +331,9 @@ class HamsaSession:
                     yield TtsChunk(audio, fmt)
         self._metrics.observe_stage("tts_total", self._clock() - started)
 
-    async def _tts_part(self, text: str, mulaw: bool) -> AsyncGenerator[bytes, None]:
+    async def _tts_part(
+        self, text: str, mulaw: bool, greeting: bool = False
+    ) -> AsyncGenerator[bytes, None]:
         bytes_per_ms = 8.0 if mulaw else 32.0
         threshold_ms = len(text) * self._s.hamsa_short_audio_ms_per_char
         hold = max(1, int(min(threshold_ms, HOLD_MS) * bytes_per_ms))
@@ -348,7 +353,7 @@ class HamsaSession:
                     assert self._rest is not None
                     source: AsyncGenerator[bytes, None] = self._rest.tts_stream(text, mulaw=mulaw)
                 else:
-                    conn = await self._socket("tts")
+                    conn = await self._socket("tts", greeting)
                     source = self._ws_audio(conn, text, mulaw)
                 async with aclosing(source) as stream:
                     async for audio in stream:
