@@ -46,7 +46,7 @@ import asyncio
 import contextlib
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
@@ -79,9 +79,16 @@ FRAME_QUANTILE: Final = 0.95
 LENGTH_QUANTILE: Final = 0.9
 FIRST_QUANTILE: Final = 0.1  # small end of observed first chunks
 MIN_LENGTH_ERROR: Final = 0.25
+# Less audio than this per character is a truncated stream (hamsa.md §4: the 640-byte
+# failure; HAMSA_SHORT_AUDIO_MS_PER_CHAR's default), not a length to learn from.
+IMPLAUSIBLE_MS_PER_CHAR: Final = 20.0
+MAX_LENGTH_ERROR: Final = 0.8  # beyond it one outlier (a truncated stream) would rule
 # Fewer characters of spread than this (standard deviation) and the window cannot tell the
-# fixed part from the per-character one: the length is then a per-character ratio.
-MIN_CHAR_SPREAD: Final = 3.0
+# fixed part from the per-character one (a fit through texts of 36-52 characters put 2.9 s in
+# the fixed part and predicted a 200-character sentence at 4 s); nor is a fixed part outside
+# 0-MAX_OVERHEAD_SECONDS believed. The length is then a per-character ratio.
+MIN_CHAR_SPREAD: Final = 8.0
+MAX_OVERHEAD_SECONDS: Final = 1.0
 _MAX_PLANNED_FRAMES: Final = 64  # bound on the prediction loop (a 2000-char sentence)
 UNDERRUN_TOLERANCE: Final = 0.02  # s: one 20 ms frame of lateness is not heard as a gap
 # Chunks a prefetched sentence buffers before its reader stops reading the socket (Hamsa
@@ -169,7 +176,7 @@ class DeliveryModel:
         if plan.rate is not None:
             w.rates.append(plan.rate)
         w.frames.extend(plan.full_frames)
-        if plan.chars > 0 and plan.received > 0.0:
+        if plan.chars > 0 and plan.received * 1000.0 >= plan.chars * IMPLAUSIBLE_MS_PER_CHAR:
             w.lengths.append((plan.chars, plan.received))
         if plan.first_chunk > 0.0:
             w.first.append(plan.first_chunk)
@@ -185,14 +192,21 @@ class DeliveryModel:
         below the provider's (issue 11: the turns that still broke up had such holds)."""
         rate = self._pick("rates", RATE_QUANTILE, PRIOR_RATE, min)
         frame = self._pick("frames", FRAME_QUANTILE, PRIOR_FRAME_SECONDS, max)
-        overhead, mspc, error = PRIOR_OVERHEAD_SECONDS, PRIOR_MS_PER_CHAR, MIN_LENGTH_ERROR
+        length = (PRIOR_OVERHEAD_SECONDS, PRIOR_MS_PER_CHAR, MIN_LENGTH_ERROR)
+        ratio: tuple[float, float, float] | None = None
         model: DeliveryModel | None = self
-        while model is not None:
+        while model is not None:  # the most specific window that fits a line, else a ratio
             if len(model._w.lengths) >= MIN_SAMPLES:
-                overhead, mspc, error = fit_length(model._w.lengths, LENGTH_QUANTILE)
-                error = max(MIN_LENGTH_ERROR, error)
-                break
+                *fit, line = fit_length(model._w.lengths, LENGTH_QUANTILE)
+                if line:
+                    length = (fit[0], fit[1], fit[2])
+                    break
+                ratio = ratio or (fit[0], fit[1], fit[2])
             model = model._parent
+        else:
+            length = ratio or length
+        overhead, mspc, error = length
+        error = min(MAX_LENGTH_ERROR, max(MIN_LENGTH_ERROR, error))
         first = self._pick("first", FIRST_QUANTILE, REST_FIRST_SECONDS, min)
         return Delivery(rate, frame, mspc, overhead, error, first)
 
@@ -223,36 +237,38 @@ class DeliveryModel:
             if values:
                 out[name] = round(_quantile(values, 0.5), 3)
         if self._w.lengths:
-            overhead, mspc, error = fit_length(self._w.lengths, LENGTH_QUANTILE)
+            overhead, mspc, error, _ = fit_length(self._w.lengths, LENGTH_QUANTILE)
             out["overhead"], out["ms_per_char"] = round(overhead, 3), round(mspc, 1)
             out["length_error"] = round(error, 3)
         return out
 
 
-def fit_length(samples: deque[tuple[int, float]], q: float) -> tuple[float, float, float]:
-    """(overhead seconds, ms per character, error) predicting a sentence's audio length from
-    its character count: the least-squares line through (characters, seconds), and the ``q``
-    quantile of the relative misses ``|seconds / line - 1|``.
+def fit_length(samples: deque[tuple[int, float]], q: float) -> tuple[float, float, float, bool]:
+    """(overhead seconds, ms per character, error, line) predicting a sentence's audio
+    length from its character count: the least-squares line through (characters, seconds),
+    and the ``q`` quantile of the relative misses ``|seconds / line - 1|``; ``line`` is True.
 
     Synthesised speech has a part per request (leading and trailing silence, the sentence's
     final lengthening) and a part per character; a ratio alone predicts short texts too
     short. When the window's texts are too alike in length to separate the two
-    (``MIN_CHAR_SPREAD``), or the line does not rise, the line is the median
-    seconds-per-character ratio, with no overhead.
+    (``MIN_CHAR_SPREAD``), or the line does not rise, or its fixed part is outside
+    0-``MAX_OVERHEAD_SECONDS``, the median seconds-per-character ratio is used instead,
+    with no overhead, and ``line`` is False.
     """
     n = len(samples)
     mean_chars = sum(c for c, _ in samples) / n
     mean_seconds = sum(s for _, s in samples) / n
     sxx = sum((c - mean_chars) ** 2 for c, _ in samples)
-    slope = 0.0
+    slope = intercept = 0.0
+    line = False
     if sxx >= n * MIN_CHAR_SPREAD**2:
         slope = sum((c - mean_chars) * (s - mean_seconds) for c, s in samples) / sxx
-    if slope > 0.0:
         intercept = mean_seconds - slope * mean_chars
-    else:
+        line = slope > 0.0 and 0.0 <= intercept <= MAX_OVERHEAD_SECONDS
+    if not line:
         intercept, slope = 0.0, _quantile(deque(s / c for c, s in samples), 0.5)
     misses = deque(abs(s / max(1e-9, intercept + slope * c) - 1.0) for c, s in samples)
-    return intercept, slope * 1000.0, _quantile(misses, q)
+    return intercept, slope * 1000.0, _quantile(misses, q), line
 
 
 @dataclass(slots=True)
@@ -467,6 +483,8 @@ class Prefetched(Generic[T]):
 
     def __init__(self, stream: AsyncIterator[T], limit: int = PREFETCH_CHUNKS) -> None:
         self.started = asyncio.Event()
+        self.finished = asyncio.Event()  # the stream ended, failed or was closed
+        self.completed = False  # ... and it ended normally (all of it was read)
         self._buffer: asyncio.Queue[tuple[T] | None] = asyncio.Queue(limit)  # None: the end
         self._error: BaseException | None = None
         self._task = asyncio.get_running_loop().create_task(self._read(stream))
@@ -477,10 +495,12 @@ class Prefetched(Generic[T]):
                 async for item in stream:
                     self.started.set()
                     await self._buffer.put((item,))
+            self.completed = True
         except Exception as exc:  # handed to the consumer, which decides
             self._error = exc
         finally:
             self.started.set()
+            self.finished.set()
         await self._buffer.put(None)
 
     async def items(self) -> AsyncIterator[T]:
@@ -495,6 +515,21 @@ class Prefetched(Generic[T]):
         await asyncio.wait({self._task})
 
 
+async def queued_after(
+    first: Prefetched[T], stream: AsyncGenerator[T, None]
+) -> AsyncGenerator[T, None]:
+    """``stream``, started only once ``first`` has been read to its normal end (nothing if
+    it failed or was closed): a lead split's rest queued on the lead's socket asks for its
+    audio when that socket is free, never before the lead (which a failed lead's retry
+    would otherwise find taken, and wait behind)."""
+    async with contextlib.aclosing(stream):
+        await first.finished.wait()
+        if not first.completed:
+            return
+        async for item in stream:
+            yield item
+
+
 def lead_split(
     text: str, delivery: Delivery, margin: float = 0.0, *, queued: float | None = None
 ) -> tuple[str, str] | None:
@@ -507,11 +542,11 @@ def lead_split(
     The rest is synthesised at the same time as the lead (on a second socket), or with
     ``queued`` (seconds from a request to its first audio) after it on the same socket: its
     request then goes out once the lead's stream has ended, so the lead must also cover the
-    lead's own delivery and that wait: ``L (1 - 1/rate) >= queued + (frame - first) / rate -
-    first + margin`` (first frames at their small end), longer at slow rates, impossible at
-    or below real time.
+    lead's own delivery and that wait: ``L (1 - 1/rate) >= queued + max((frame - first) /
+    rate - first, -first / rate) + margin`` (first frames at their small end), longer at slow
+    rates, impossible at or below real time.
     """
-    text = text.strip()
+    text = " ".join(text.split())  # one space between words: the lead is what was counted
     if delivery.ms_per_char <= 0.0 or delivery.rate <= 0.0:
         return None
     rate, first = delivery.rate, delivery.first
@@ -520,7 +555,10 @@ def lead_split(
     elif rate <= 1.0:
         return None
     else:
-        cover = (queued + (delivery.frame - first) / rate - first + margin) / (1.0 - 1.0 / rate)
+        # The rest's second frame lands before the lead and the rest's first frame have
+        # played, and its first frame before the lead has (binding only for small frames).
+        needed = max((delivery.frame - first) / rate - first, -first / rate)
+        cover = (queued + needed + margin) / (1.0 - 1.0 / rate)
     # LEAD_SECONDS on the line; the rest's second frame covered even at the short end of the
     # predicted length; at most LEAD_MAX_SECONDS on the line.
     shortest = max(

@@ -38,10 +38,15 @@ class PromptCache:
     """Sentences' TTS audio by (text, μ-law), at most ``max_bytes`` of audio in all.
 
     ``max_bytes <= 0`` disables it (:meth:`get` misses, :meth:`put` stores nothing).
+    ``min_ms_per_char``: audio shorter than this per character of its text is a truncated
+    stream (the "640 bytes" failure, hamsa.md §4; ``HAMSA_SHORT_AUDIO_MS_PER_CHAR``), which
+    the speech session lets finish once it is already playing: never kept, or every later
+    call would hear it cut too.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, min_ms_per_char: float = 0.0) -> None:
         self.max_bytes = max(0, max_bytes)
+        self.min_ms_per_char = min_ms_per_char
         self.bytes = 0
         self._entries: OrderedDict[CacheKey, tuple[TtsChunk, ...]] = OrderedDict()
 
@@ -63,12 +68,14 @@ class PromptCache:
     def put(self, text: str, mulaw: bool, chunks: Sequence[TtsChunk]) -> bool:
         """Keep ``chunks`` (a whole sentence's audio) for ``text``; evict the least recently
         used entries to make room. False (nothing stored) when the cache is off, the text is
-        empty or too long for a prompt, there is no audio, or it alone exceeds the bound."""
+        empty or too long for a prompt, there is no audio or too little for the text, or it
+        alone exceeds the bound."""
         text = text.strip()
         size = sum(len(c.audio) for c in chunks)
         if not self.enabled or not text or len(text) > MAX_PROMPT_CHARS or size == 0:
             return False
-        if size > self.max_bytes:
+        audio_ms = sum(len(c.audio) / c.format.bytes_per_ms() for c in chunks)
+        if size > self.max_bytes or audio_ms < len(text) * self.min_ms_per_char:
             return False
         key = (text, mulaw)
         old = self._entries.pop(key, None)
@@ -111,7 +118,14 @@ async def prerender(
                 delay = min(delay * 2.0, RENDER_RETRY_MAX)
                 continue
             if not cache.put(text, mulaw, chunks):
-                log.warning("prompt of %d characters not cached (too long or no audio)", len(text))
+                size = sum(len(c.audio) for c in chunks)
+                if len(text) > MAX_PROMPT_CHARS or size > cache.max_bytes:
+                    log.warning("prompt of %d characters too big for the cache", len(text))
+                else:  # no audio, or truncated: ask again
+                    log.warning("prompt audio truncated; retrying in %.0f s", delay)
+                    await sleep(delay)
+                    delay = min(delay * 2.0, RENDER_RETRY_MAX)
+                    continue
         pending.pop(0)
     if texts:
         log.info(

@@ -52,6 +52,7 @@ from gateway.agent.playout import (
     SentencePlan,
     Synthesis,
     lead_split,
+    queued_after,
     scheduled,
 )
 from gateway.agent.prompt_cache import PromptCache
@@ -733,6 +734,7 @@ class VoiceAgentConversation:
     ) -> Synthesis:
         if self._lead_split and index == 0:
             delivery = self._delivery.predict()
+            queued: float | None = None
             if self._speech.can_borrow(greeting):
                 split = lead_split(text, delivery, self._safety)
             else:
@@ -746,19 +748,25 @@ class VoiceAgentConversation:
                     split = lead_split(text, delivery, self._safety, queued=queued)
             if split is not None:
                 # The lead first: it takes the call's own socket, the rest a warm pooled one
-                # (or the call's, after the lead).
+                # (or the call's, asked for once the lead's stream has ended).
                 lead = self._synthesize_part(split[0], index, live, greeting)
-                lead.rest = self._synthesize_part(split[1], index, live, greeting)
+                behind = lead.audio if queued is not None else None
+                lead.rest = self._synthesize_part(split[1], index, live, greeting, behind)
                 lead.text = text
                 return lead
         return self._synthesize_part(text, index, live, greeting)
 
     def _synthesize_part(
-        self, text: str, index: int, live: list[Prefetched[TtsChunk]], greeting: bool
+        self,
+        text: str,
+        index: int,
+        live: list[Prefetched[TtsChunk]],
+        greeting: bool,
+        behind: Prefetched[TtsChunk] | None = None,
     ) -> Synthesis:
         started = time.monotonic()
         speech = self._speech.tts(text, mulaw=self._use_mulaw, greeting=greeting)
-        stream: AsyncIterator[TtsChunk] = speech
+        stream: AsyncIterator[TtsChunk] = speech if behind is None else queued_after(behind, speech)
         plan: SentencePlan | None = None
         hold = HoldResult()
         if self._adaptive:

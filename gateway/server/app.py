@@ -71,7 +71,9 @@ def conversation_factory(app: web.Application) -> ConversationFactory:
         return parrot
     delivery = app[keys.DELIVERY] = DeliveryModel()  # Hamsa's TTS delivery, process-wide
     fallback = app[keys.FALLBACK] = FallbackClip()
-    prompts = app[keys.PROMPTS] = PromptCache(int(settings.prompt_cache_mb * 1024 * 1024))
+    prompts = app[keys.PROMPTS] = PromptCache(
+        int(settings.prompt_cache_mb * 1024 * 1024), settings.hamsa_short_audio_ms_per_char
+    )
 
     def voice_agent(session: CallSession) -> Conversation:
         return VoiceAgentConversation(
@@ -150,6 +152,8 @@ async def _prerender(
     session = service.session("prompt-render")
     try:
         await prerender(prompts, session.tts, texts, encodings)
+    except Exception:  # never silent: calls then synthesise the prompts themselves
+        log.exception("prompt rendering stopped")
     finally:
         await session.aclose()
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from gateway.agent.playout import (
+    MAX_LENGTH_ERROR,
     MIN_LENGTH_ERROR,
     MIN_SAMPLES,
     PRIOR_RATE,
@@ -19,6 +20,7 @@ from gateway.agent.playout import (
     SentencePlan,
     fit_length,
     lead_split,
+    queued_after,
     scheduled,
 )
 from gateway.speech.hamsa.session import TtsChunk
@@ -235,12 +237,49 @@ ESPEAK = [(58, 5.79), (9, 1.23), (48, 4.53), (21, 2.53), (27, 3.08), (6, 0.92), 
 
 def test_fit_length_separates_the_fixed_part_from_the_per_character_part() -> None:
     exact = deque((c, 0.5 + c * 0.08) for c in (5, 10, 20, 40, 60))
-    overhead, ms_per_char, error = fit_length(exact, 0.9)
-    assert abs(overhead - 0.5) < 1e-9 and abs(ms_per_char - 80.0) < 1e-9 and error < 1e-9
+    overhead, ms_per_char, error, line = fit_length(exact, 0.9)
+    assert line and abs(overhead - 0.5) < 1e-9 and abs(ms_per_char - 80.0) < 1e-9
+    assert error < 1e-9
     # Texts all of one length cannot separate them: a per-character ratio, no overhead.
     alike = deque([(20, 2.0), (20, 2.2), (21, 2.1), (20, 1.9), (20, 2.0)])
-    overhead, ms_per_char, _ = fit_length(alike, 0.9)
-    assert overhead == 0.0 and abs(ms_per_char - 100.0) < 1e-9
+    overhead, ms_per_char, _, line = fit_length(alike, 0.9)
+    assert not line and overhead == 0.0 and abs(ms_per_char - 100.0) < 1e-9
+
+
+def test_a_narrow_window_does_not_fit_a_line_through_noise() -> None:
+    """Texts of 36-52 characters with +-0.3 s of noise fit a line with 2.9 s of fixed part
+    and 1.2 ms per character: a 200-character sentence would be predicted at 4 s, not ~16 s.
+    The window falls back to a ratio, and a connection's ratio defers to the process's line."""
+    narrow = [(40, 3.0), (44, 2.8), (47, 3.1), (50, 2.9), (36, 3.0), (52, 3.05)]
+    *_, line = fit_length(deque(narrow), 0.9)
+    assert not line
+    assert _learned(narrow).predict().seconds(200) > 12.0
+    process = _learned(ESPEAK)
+    conn = process.connection()
+    for chars, seconds in narrow:
+        plan = SentencePlan(chars, SLOW, margin=0.0)
+        plan.arrived(seconds, 0.0)
+        plan.ended = True
+        conn.observe(plan)
+    assert fit_length(process._w.lengths, 0.9)[3]  # the process's window fits a line
+    assert conn.predict() == process.predict()  # ... and the connection uses it
+
+
+def test_a_truncated_stream_is_not_learned_and_the_error_is_capped() -> None:
+    """A stream cut after its first frame (40 characters, 0.25 s: the 640-byte kind of
+    failure, hamsa.md §4) says nothing about lengths and is left out; and however far the
+    window's texts miss the line, the error stays below 1, so the short end of a prediction
+    stays positive (a lead split stays possible)."""
+
+    def length(d: Delivery) -> tuple[float, float, float]:
+        return d.overhead, d.ms_per_char, d.error
+
+    assert length(_learned([*ESPEAK, (40, 0.25)]).predict()) == length(_learned(ESPEAK).predict())
+    samples = [(10, 0.3), (20, 4.5), (30, 2.0), (40, 9.0), (50, 4.0), (60, 12.0), (10, 0.3)]
+    assert fit_length(deque(samples), 0.9)[2] > 1.0  # the window's own worst miss
+    delivery = _learned(samples).predict()
+    assert delivery.error == MAX_LENGTH_ERROR
+    assert delivery.seconds(10, end=-1.0) > 0.0
 
 
 def test_short_texts_are_not_predicted_shorter_than_they_are() -> None:
@@ -289,10 +328,16 @@ async def test_scheduled_teaches_the_model_when_the_stream_ends_not_when_it_is_c
         loop.time,
         learn=learned.append,
     )
-    first = await anext(stream)  # the stream ends while its audio is still being consumed
-    assert _seconds(first) == 0.5
-    async for _ in stream:
-        pass
+    # As the voice agent reads it: a reader task pulls the stream into a buffer, so the model
+    # learns when the TTS stream ends, before any of its audio has been taken for sending.
+    audio = Prefetched(stream)
+    for _ in range(100):
+        if learned:
+            break
+        await asyncio.sleep(0.001)
+    assert learned == [done]
+    assert [_seconds(c) async for c in audio.items()] == [0.5, 2.0]
+    await audio.aclose()
     assert learned == [done]
     cut = SentencePlan(30, SLOW, margin=0.0)
     closed = scheduled(
@@ -315,6 +360,7 @@ def test_a_rest_queued_behind_its_lead_needs_a_lead_covering_the_wait() -> None:
     fast = Delivery(rate=3.0, frame=2.0, ms_per_char=100.0, first=0.5)
     text = "abcdef gh ijklmnopqrstuv"
     # queued 0.3 s: 0.45 s of lead, LEAD_SECONDS (0.6) is the floor.
+    # (The rest's first frame also lands before the lead ends: 0.3 s < 0.6 s - 0.1 s.)
     assert lead_split(text, fast, queued=0.3) == ("abcdef", "gh ijklmnopqrstuv")
     # queued 0.6 s: 0.9 s of lead.
     assert lead_split(text, fast, queued=0.6) == ("abcdef gh", "ijklmnopqrstuv")
@@ -322,3 +368,51 @@ def test_a_rest_queued_behind_its_lead_needs_a_lead_covering_the_wait() -> None:
     assert lead_split(text, fast, queued=1.0) is None
     # At real time the rest never catches up with a queued request.
     assert lead_split(text, Delivery(1.0, 2.0, 100.0, first=0.5), queued=0.1) is None
+
+
+def test_a_queued_rest_with_small_fast_frames_still_starts_before_the_lead_ends() -> None:
+    # 6x real time, 1 s frames, 0.5 s first frames, first audio 1.0 s after a request: the
+    # second frame is never the problem, the rest's first audio is: L (1 - 1/6) >= 1.0 - 0.5/6,
+    # 1.1 s (11 characters), where the second-frame condition alone asked for 0.7 s.
+    fast = Delivery(rate=6.0, frame=1.0, ms_per_char=100.0, first=0.5)
+    text = "abcdefgh ijk lmnopqrstuvwxyz"
+    assert lead_split(text, fast, queued=1.0) == ("abcdefgh ijk", "lmnopqrstuvwxyz")
+    assert lead_split(text, fast) == ("abcdefgh", "ijk lmnopqrstuvwxyz")  # not queued
+    # Runs of spaces collapse: the lead is cut where the characters were counted.
+    assert lead_split("abcdefgh   ijk lmnopqrstuvwxyz", fast, queued=1.0) == (
+        "abcdefgh ijk",
+        "lmnopqrstuvwxyz",
+    )
+
+
+async def test_a_queued_rest_asks_for_its_audio_only_after_its_lead_ended_normally() -> None:
+    """The rest on the lead's socket must not take that socket first: a lead whose first
+    attempt fails would retry behind the whole rest (and, with the rest's reader blocked on
+    a full buffer, wait for good)."""
+    asked: list[str] = []
+
+    async def tts(name: str, chunks: int, fail: bool = False) -> AsyncGenerator[int, None]:
+        asked.append(name)
+        for i in range(chunks):
+            await asyncio.sleep(0.01)
+            yield i
+        if fail:
+            raise RuntimeError(f"{name} failed")
+
+    lead = Prefetched(tts("lead", 3))
+    rest = Prefetched(queued_after(lead, tts("rest", 2)))
+    await asyncio.sleep(0.015)
+    assert asked == ["lead"]  # the rest waits while the lead streams
+    assert [x async for x in lead.items()] == [0, 1, 2]
+    assert [x async for x in rest.items()] == [0, 1]
+    assert asked == ["lead", "rest"]
+    await lead.aclose()
+    await rest.aclose()
+
+    asked.clear()
+    failing = Prefetched(tts("lead", 1, fail=True))
+    behind = Prefetched(queued_after(failing, tts("rest", 2)))
+    assert [x async for x in behind.items()] == []  # nothing asked for a failed lead
+    assert asked == ["lead"] and failing.finished.is_set() and not failing.completed
+    await failing.aclose()
+    await behind.aclose()

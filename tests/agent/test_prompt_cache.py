@@ -57,6 +57,11 @@ def test_cache_refuses_what_is_no_prompt_or_does_not_fit() -> None:
     assert not cache.put("نص", False, [])  # no audio
     assert not cache.put("ا" * (MAX_PROMPT_CHARS + 1), False, [chunk(10)])
     assert not cache.put("كبير", False, [chunk(1001)])  # bigger than the whole cache
+    # A truncated stream (the "640 bytes" failure): 20 ms of PCM for a 10-character text,
+    # against at least 20 ms per character.
+    strict = PromptCache(10_000, min_ms_per_char=20.0)
+    assert not strict.put("عشرة حروف!", False, [chunk(640)])
+    assert strict.put("عشرة حروف!", False, [chunk(6400)])  # 200 ms: plausible
     off = PromptCache(0)
     assert (
         not off.enabled and not off.put("نص", False, [chunk(10)]) and off.get("نص", False) is None
@@ -83,6 +88,24 @@ async def test_prerender_retries_a_failing_speech_service_and_fills_every_encodi
     assert len(cache) == 4  # two texts x two encodings; the empty text is skipped
     for text in ("تحية.", "هل ما زلت معي؟"):
         assert cache.get(text, False) is not None and cache.get(text, True) is not None
+
+
+async def test_prerender_asks_again_for_a_truncated_prompt() -> None:
+    answers = [[chunk(640)], [chunk(64_000)]]  # 20 ms, then 2 s of PCM for 12 characters
+
+    async def speak(text: str, *, mulaw: bool = False) -> AsyncIterator[TtsChunk]:
+        for c in answers.pop(0):
+            yield c
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    cache = PromptCache(1_000_000, min_ms_per_char=20.0)
+    await prerender(cache, speak, ["أهلا بك معنا"], [False], sleep=sleep)
+    stored = cache.get("أهلا بك معنا", False)
+    assert stored is not None and len(stored[0].audio) == 64_000 and slept == [5.0]
 
 
 async def greeted_twice(
@@ -125,7 +148,7 @@ async def test_a_fixed_greeting_is_synthesised_at_start_up_and_replayed_on_every
     assert heard[0] == heard[1] and len(heard[0]) > 0.5 * 8000  # μ-law 8 kHz: > 0.5 s
 
 
-async def test_an_agent_greeting_is_cached_after_the_first_call_heard_it_whole(
+async def test_an_agent_greeting_is_cached_once_a_call_was_sent_all_of_it(
     aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path
 ) -> None:
     agent = await aiohttp_server(make_agent_app("n8n", reply=GREETING))
@@ -140,6 +163,7 @@ async def test_an_agent_greeting_is_cached_after_the_first_call_heard_it_whole(
     )
     assert requests[0] == 0 and requests[1] >= 1  # the first call synthesised it
     assert requests[2] == requests[1]  # the second replayed it
+    # What the second caller heard from the cache is what the first heard synthesised.
     assert metric(client, "miss") == 1 and metric(client, "hit") == 1
     assert heard[0] == heard[1]
 

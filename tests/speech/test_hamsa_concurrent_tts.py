@@ -101,7 +101,6 @@ async def test_first_audio_times_leave_out_the_wait_for_the_socket(make_env: Mak
     await second
     times = env.service.first_audio
     assert session.first_audio is times  # one window for the whole process
-    assert times.quantile(0.0, min_samples=2) is not None
     slowest = times.quantile(1.0, min_samples=2)
     assert slowest is not None and 0.2 <= slowest < 0.6  # the ~1 s wait is not in it
     assert times.quantile(0.5, min_samples=3) is None  # two samples only
