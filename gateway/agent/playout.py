@@ -80,8 +80,9 @@ LENGTH_QUANTILE: Final = 0.9
 FIRST_QUANTILE: Final = 0.1  # small end of observed first chunks
 MIN_LENGTH_ERROR: Final = 0.25
 # Less audio than this per character is a truncated stream (hamsa.md §4: the 640-byte
-# failure; HAMSA_SHORT_AUDIO_MS_PER_CHAR's default), not a length to learn from.
-IMPLAUSIBLE_MS_PER_CHAR: Final = 20.0
+# failure is 20 ms of audio whatever the text), not a length to learn from; speech runs at
+# 60-120 ms per character (the tests' fast simulator at 12).
+IMPLAUSIBLE_MS_PER_CHAR: Final = 10.0
 MAX_LENGTH_ERROR: Final = 0.8  # beyond it one outlier (a truncated stream) would rule
 # Fewer characters of spread than this (standard deviation) and the window cannot tell the
 # fixed part from the per-character one (a fit through texts of 36-52 characters put 2.9 s in
