@@ -138,7 +138,7 @@ class Delivery:
     ms_per_char: float  # a sentence's length: (overhead + characters x ms_per_char) ...
     overhead: float = 0.0  # seconds
     error: float = 0.0  # ... x (1 +- error) at the long and the short end
-    first: float = 0.23  # seconds of audio in a first chunk (small end; hamsa.md §1.4)
+    first: float = REST_FIRST_SECONDS  # seconds of audio in a first chunk (small end)
 
     def seconds(self, chars: int, end: float = 1.0) -> float:
         """Predicted audio seconds of a sentence of ``chars`` characters: the long end
@@ -229,19 +229,6 @@ class DeliveryModel:
                 picked = value if picked is None else worse(picked, value)
             model = model._parent
         return prior if picked is None else picked
-
-    def summary(self) -> dict[str, float]:
-        """Medians of this window (for logs and benchmarks)."""
-        out: dict[str, float] = {"sentences": float(self.sentences)}
-        for name in ("rates", "frames", "first"):
-            values: deque[float] = getattr(self._w, name)
-            if values:
-                out[name] = round(_quantile(values, 0.5), 3)
-        if self._w.lengths:
-            overhead, mspc, error, _ = fit_length(self._w.lengths, LENGTH_QUANTILE)
-            out["overhead"], out["ms_per_char"] = round(overhead, 3), round(mspc, 1)
-            out["length_error"] = round(error, 3)
-        return out
 
 
 def fit_length(samples: deque[tuple[int, float]], q: float) -> tuple[float, float, float, bool]:

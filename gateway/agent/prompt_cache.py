@@ -48,7 +48,7 @@ class PromptCache:
         self.max_bytes = max(0, max_bytes)
         self.min_ms_per_char = min_ms_per_char
         self.bytes = 0
-        self._entries: OrderedDict[CacheKey, tuple[TtsChunk, ...]] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, tuple[tuple[TtsChunk, ...], int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -60,10 +60,11 @@ class PromptCache:
     def get(self, text: str, mulaw: bool) -> tuple[TtsChunk, ...] | None:
         """The cached audio of ``text`` (most recently used now), or None."""
         key = (text.strip(), mulaw)
-        chunks = self._entries.get(key)
-        if chunks is not None:
-            self._entries.move_to_end(key)
-        return chunks
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
 
     def put(self, text: str, mulaw: bool, chunks: Sequence[TtsChunk]) -> bool:
         """Keep ``chunks`` (a whole sentence's audio) for ``text``; evict the least recently
@@ -80,11 +81,11 @@ class PromptCache:
         key = (text, mulaw)
         old = self._entries.pop(key, None)
         if old is not None:
-            self.bytes -= sum(len(c.audio) for c in old)
+            self.bytes -= old[1]
         while self._entries and self.bytes + size > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes -= sum(len(c.audio) for c in evicted)
-        self._entries[key] = tuple(chunks)
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self.bytes -= evicted
+        self._entries[key] = (tuple(chunks), size)
         self.bytes += size
         return True
 
@@ -112,20 +113,14 @@ async def prerender(
         if cache.get(text, mulaw) is None:
             try:
                 chunks = [chunk async for chunk in speak(text, mulaw=mulaw)]
+                failure = "" if _settled(cache, text, mulaw, chunks) else "truncated audio"
             except HamsaError as exc:
-                log.warning("prompt not synthesised yet (%s); retrying in %.0f s", exc, delay)
+                failure = str(exc)
+            if failure:
+                log.warning("prompt not synthesised yet (%s); retrying in %.0f s", failure, delay)
                 await sleep(delay)
                 delay = min(delay * 2.0, RENDER_RETRY_MAX)
                 continue
-            if not cache.put(text, mulaw, chunks):
-                size = sum(len(c.audio) for c in chunks)
-                if len(text) > MAX_PROMPT_CHARS or size > cache.max_bytes:
-                    log.warning("prompt of %d characters too big for the cache", len(text))
-                else:  # no audio, or truncated: ask again
-                    log.warning("prompt audio truncated; retrying in %.0f s", delay)
-                    await sleep(delay)
-                    delay = min(delay * 2.0, RENDER_RETRY_MAX)
-                    continue
         pending.pop(0)
     if texts:
         log.info(
@@ -133,3 +128,14 @@ async def prerender(
             len(cache),
             cache.bytes // 1024,
         )
+
+
+def _settled(cache: PromptCache, text: str, mulaw: bool, chunks: Sequence[TtsChunk]) -> bool:
+    """Put ``chunks`` in ``cache``: True when that is done, or can never be (too big for
+    it: calls synthesise the prompt each time); False to ask for it again."""
+    if cache.put(text, mulaw, chunks):
+        return True
+    if len(text) > MAX_PROMPT_CHARS or sum(len(c.audio) for c in chunks) > cache.max_bytes:
+        log.warning("prompt of %d characters too big for the cache", len(text))
+        return True
+    return False  # no audio, or too little for the text: ask again

@@ -45,6 +45,7 @@ from gateway.agent.endpointing import (
 from gateway.agent.fallback import FallbackClip
 from gateway.agent.playout import (
     UNDERRUN_TOLERANCE,
+    Delivery,
     DeliveryModel,
     HoldResult,
     PlayoutClock,
@@ -675,13 +676,13 @@ class VoiceAgentConversation:
         ahead: asyncio.Task[Synthesis | None] | None = None
         try:
             text = await sentences.get()
-            current = None if text is None else self._synthesize(text, index, live)
+            current = None if text is None else self._synthesize(reply, text, index, live)
             while current is not None:
                 if reply.cancelled:
                     return
                 if self._adaptive:
                     ahead = asyncio.get_running_loop().create_task(
-                        self._synthesize_next(sentences, current, index + 1, live)
+                        self._synthesize_next(reply, sentences, current, index + 1, live)
                     )
                 self._session.observe("reply", turn=reply.turn, text=current.text)
                 try:
@@ -697,7 +698,7 @@ class VoiceAgentConversation:
                     current, ahead = await ahead, None
                 else:
                     text = await sentences.get()
-                    current = None if text is None else self._synthesize(text, index, live)
+                    current = None if text is None else self._synthesize(reply, text, index, live)
         finally:
             if ahead is not None:
                 ahead.cancel()
@@ -706,18 +707,20 @@ class VoiceAgentConversation:
                 await audio.aclose()
         reply.mark_sending_done()
 
-    def _synthesize(self, text: str, index: int, live: list[Prefetched[TtsChunk]]) -> Synthesis:
+    def _synthesize(
+        self, reply: Reply, text: str, index: int, live: list[Prefetched[TtsChunk]]
+    ) -> Synthesis:
         """Start ``text``'s TTS now (scheduled when adaptive), read ahead into a buffer; a
-        reply's first sentence as a lead and the rest with ``PLAYOUT_LEAD_SPLIT``."""
-        reply = self._reply
-        greeting = reply is None or reply.record.kind == "greeting"
-        prompt = reply is not None and reply.record.kind in PROMPT_KINDS and self._prompts.enabled
+        reply's first sentence as a lead and the rest with ``PLAYOUT_LEAD_SPLIT``; a
+        greeting's or re-prompt's from the prompt cache when it is there."""
+        kind = reply.record.kind
+        prompt = kind in PROMPT_KINDS and self._prompts.enabled
         if prompt:
             cached = self._prompts.get(text, self._use_mulaw)
             self._metrics.prompt_cache.labels("miss" if cached is None else "hit").inc()
             if cached is not None:
                 return self._replay(text, cached, live)
-        synthesis = self._synthesize_new(text, index, live, greeting)
+        synthesis = self._synthesize_new(text, index, live, kind == "greeting")
         synthesis.keep = prompt
         return synthesis
 
@@ -732,29 +735,34 @@ class VoiceAgentConversation:
     def _synthesize_new(
         self, text: str, index: int, live: list[Prefetched[TtsChunk]], greeting: bool
     ) -> Synthesis:
-        if self._lead_split and index == 0:
-            delivery = self._delivery.predict()
-            queued: float | None = None
-            if self._speech.can_borrow(greeting):
-                split = lead_split(text, delivery, self._safety)
-            else:
-                # No warm socket to spare (a burst of new calls: the reserve is for their
-                # greetings; or a drained pool): the rest goes on the lead's socket after
-                # it, so the lead must also cover its own delivery and the rest's first
-                # audio (slow end of what requests take).
-                queued = self._speech.first_audio.quantile(FIRST_AUDIO_QUANTILE)
-                split = None
-                if queued is not None:
-                    split = lead_split(text, delivery, self._safety, queued=queued)
+        delivery = self._delivery.predict() if self._adaptive else None
+        if delivery is not None and self._lead_split and index == 0:
+            split, queued = self._lead_split_of(text, delivery, greeting)
             if split is not None:
                 # The lead first: it takes the call's own socket, the rest a warm pooled one
                 # (or the call's, asked for once the lead's stream has ended).
-                lead = self._synthesize_part(split[0], index, live, greeting)
-                behind = lead.audio if queued is not None else None
-                lead.rest = self._synthesize_part(split[1], index, live, greeting, behind)
+                lead = self._synthesize_part(split[0], index, live, greeting, delivery)
+                behind = lead.audio if queued else None
+                lead.rest = self._synthesize_part(split[1], index, live, greeting, delivery, behind)
                 lead.text = text
                 return lead
-        return self._synthesize_part(text, index, live, greeting)
+        return self._synthesize_part(text, index, live, greeting, delivery)
+
+    def _lead_split_of(
+        self, text: str, delivery: Delivery, greeting: bool
+    ) -> tuple[tuple[str, str] | None, bool]:
+        """``text`` as a lead and the rest (``lead_split``), or None; and whether the rest
+        must queue behind the lead on the call's own socket."""
+        if self._speech.can_borrow(greeting):
+            return lead_split(text, delivery, self._safety), False
+        # No warm socket to spare (a burst of new calls: the reserve is for their greetings;
+        # or a drained pool): the rest goes on the lead's socket after it, so the lead must
+        # also cover its own delivery and the rest's first audio (slow end of what requests
+        # take; unknown until a few were measured: no split).
+        queued = self._speech.first_audio.quantile(FIRST_AUDIO_QUANTILE)
+        if queued is None:
+            return None, True
+        return lead_split(text, delivery, self._safety, queued=queued), True
 
     def _synthesize_part(
         self,
@@ -762,15 +770,18 @@ class VoiceAgentConversation:
         index: int,
         live: list[Prefetched[TtsChunk]],
         greeting: bool,
+        delivery: Delivery | None,
         behind: Prefetched[TtsChunk] | None = None,
     ) -> Synthesis:
+        """One TTS stream: scheduled by ``delivery`` (adaptive playout; None: sent as it
+        comes, prebuffered if so configured), asked for only after ``behind`` if given."""
         started = time.monotonic()
         speech = self._speech.tts(text, mulaw=self._use_mulaw, greeting=greeting)
         stream: AsyncIterator[TtsChunk] = speech if behind is None else queued_after(behind, speech)
         plan: SentencePlan | None = None
         hold = HoldResult()
-        if self._adaptive:
-            plan = SentencePlan(len(text), self._delivery.predict(), self._safety)
+        if delivery is not None:
+            plan = SentencePlan(len(text), delivery, self._safety)
             stream = scheduled(
                 stream,
                 plan,
@@ -789,6 +800,7 @@ class VoiceAgentConversation:
 
     async def _synthesize_next(
         self,
+        reply: Reply,
         sentences: asyncio.Queue[str | None],
         current: Synthesis,
         index: int,
@@ -800,7 +812,7 @@ class VoiceAgentConversation:
         if text is None:
             return None
         await current.audio.started.wait()
-        return self._synthesize(text, index, live)
+        return self._synthesize(reply, text, index, live)
 
     async def _speak_sentence(self, reply: Reply, synthesis: Synthesis, index: int) -> None:
         """Synthesize one sentence and send it, scheduled (``gateway.agent.playout``).
